@@ -61,3 +61,40 @@ class RequestRecord:
         if self.scheduled_at is None:
             return None
         return self.sent_at - self.scheduled_at
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One request's input: plain text (completions, or a single user turn) or chat messages."""
+
+    index: int  # position in the dataset after filtering and sampling
+    text: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    input_tokens: int | None = None  # known length with the model's tokenizer, when counted
+    # a reference answer length (ShareGPT), used only to size max_tokens when asked to
+    expected_output_tokens: int | None = None
+
+    def as_messages(self) -> list[dict[str, str]]:
+        if self.messages is not None:
+            return [dict(m) for m in self.messages]
+        return [{"role": "user", "content": self.text or ""}]
+
+    def as_text(self) -> str:
+        if self.text is not None:
+            return self.text
+        return "\n".join(m.get("content", "") for m in self.messages or ())
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A reachable OpenAI-compatible server, started by us or already running."""
+
+    base_url: str  # scheme://host:port, without the /v1 suffix
+    model: str  # the model name to send in request bodies
+    backend: str  # vllm | hf | external
+    api_key: str | None = None
+    pid: int | None = None  # root of the managed process tree; None when not ours
+    startup_seconds: float | None = None
+    log_path: str | None = None
+    version: str | None = None  # backend package version, when known
+    has_metrics: bool = False  # serves Prometheus text at /metrics
