@@ -1,0 +1,280 @@
+"""Request records -> Summary: every latency and throughput metric, each defined once, here.
+
+Pure numpy. Warmup records are excluded from everything. An empty sample gives NaN with a reason,
+never 0: a gate must not pass on "no data".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pytest_llmslo.records import RequestRecord
+
+DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
+NAN = float("nan")
+
+# names of the per-request distributions a Summary carries, in report order
+DISTRIBUTIONS = ("ttft", "ttfc", "tpot", "itl", "e2e", "input_tokens", "output_tokens", "dispatch_lag")
+_STAT = re.compile(r"^(mean|std|min|max|median|p(\d+(?:\.\d+)?))$")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Descriptive statistics of one sample; NaN everywhere when the sample is empty."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    percentiles: dict[float, float]
+
+    @classmethod
+    def of(cls, values: Sequence[float] | np.ndarray, percentiles: Sequence[float]) -> Distribution:
+        arr = np.asarray(values, dtype=float)
+        if arr.size == 0:
+            return cls(0, NAN, NAN, NAN, NAN, {float(p): NAN for p in percentiles})
+        # linear interpolation: the same percentile definition numpy and vLLM's client use
+        pct = np.percentile(arr, list(percentiles)) if percentiles else []
+        return cls(
+            count=int(arr.size),
+            mean=float(arr.mean()),
+            std=float(arr.std()),
+            min=float(arr.min()),
+            max=float(arr.max()),
+            percentiles={float(p): float(v) for p, v in zip(percentiles, pct)},
+        )
+
+    def stat(self, name: str, sample: np.ndarray | None = None) -> float:
+        """`mean`, `std`, `min`, `max`, `median` or `pNN`; a percentile not precomputed needs `sample`."""
+        m = _STAT.match(name)
+        if not m:
+            raise KeyError(f"unknown statistic {name!r}")
+        if name in ("mean", "std", "min", "max"):
+            return float(getattr(self, name))
+        q = 50.0 if name == "median" else float(m.group(2))
+        if q in self.percentiles:
+            return self.percentiles[q]
+        if sample is None or sample.size == 0:
+            return NAN
+        return float(np.percentile(sample, q))
+
+
+@dataclass(frozen=True)
+class RequestObjective:
+    """A per-request bound used for goodput: `metric` in ttft, tpot, e2e, itl (max gap)."""
+
+    metric: str
+    op: str  # <=, <, >=, >
+    threshold: float  # seconds
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Numbers only: what a load run measured, ready for objectives and reports."""
+
+    requests: int  # measured requests sent (warmup excluded)
+    succeeded: int
+    failed: int
+    warmup: int
+    duration_s: float  # measured window: first measured send to last measured end
+    failures_by_category: dict[str, int]
+    error_examples: dict[str, str]  # one message per category
+    distributions: dict[str, Distribution]
+    output_throughput: float  # tok/s
+    total_token_throughput: float  # tok/s, input + output
+    request_throughput: float  # successful req/s
+    failure_rate: float
+    goodput: float  # req/s meeting every per-request objective
+    goodput_ratio: float
+    token_sources: dict[str, int]  # usage / tokenizer / unknown, successful requests
+    percentiles: tuple[float, ...]
+    reasons: dict[str, str] = field(default_factory=dict)  # why a metric is NaN
+    samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def value(self, metric: str) -> tuple[float, int | None, str]:
+        """(value, sample size, reason-if-NaN) of a metric name like `ttft_p95` or `goodput`."""
+        scalars = {
+            "output_throughput": self.succeeded,
+            "total_token_throughput": self.succeeded,
+            "request_throughput": self.succeeded,
+            "failure_rate": self.requests,
+            "goodput": self.requests,
+            "goodput_ratio": self.requests,
+        }
+        if metric in scalars:
+            v = float(getattr(self, metric))
+            n = scalars[metric]
+        elif metric == "failures":
+            v, n = float(self.failed), self.requests
+        else:
+            base, _, stat = metric.rpartition("_")
+            if base not in self.distributions:
+                raise KeyError(f"{metric!r} is not a load metric")
+            dist = self.distributions[base]
+            v, n = dist.stat(stat, self.samples.get(base)), dist.count
+            if dist.count == 0:
+                return NAN, 0, self.reasons.get(base, f"no {base} samples")
+        if math.isnan(v):
+            return v, n, self.reasons.get(metric, self.reasons.get("requests", "no data"))
+        return v, n, ""
+
+
+# --- per-request definitions -------------------------------------------------------------------
+
+
+def ttft(r: RequestRecord) -> float | None:
+    """Time to first token: request sent -> first chunk carrying non-empty generated text."""
+    return None if r.first_content_at is None else r.first_content_at - r.sent_at
+
+
+def ttfc(r: RequestRecord) -> float | None:
+    """Time to first chunk of any kind (a role-only chunk counts)."""
+    return None if r.first_chunk_at is None else r.first_chunk_at - r.sent_at
+
+
+def e2e(r: RequestRecord) -> float:
+    """End-to-end latency: request sent -> last byte of the response."""
+    return r.end_at - r.sent_at
+
+
+def tpot(r: RequestRecord) -> float | None:
+    """Time per output token: (E2E - TTFT) / (output_tokens - 1), for >= 2 output tokens."""
+    first = ttft(r)
+    if first is None or r.output_tokens is None or r.output_tokens < 2:
+        return None
+    return (e2e(r) - first) / (r.output_tokens - 1)
+
+
+def itl(r: RequestRecord) -> list[float]:
+    """Inter-chunk latencies: gaps between successive content-bearing chunks.
+
+    Per chunk, not per token: a server that coalesces tokens into one chunk shows fewer, longer gaps.
+    """
+    t = r.content_times
+    return [b - a for a, b in zip(t, t[1:])]
+
+
+def _meets(r: RequestRecord, objectives: Sequence[RequestObjective]) -> bool:
+    ops: dict[str, Callable[[float, float], bool]] = {
+        "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b,
+        ">=": lambda a, b: a >= b,
+        ">": lambda a, b: a > b,
+    }
+    for o in objectives:
+        if o.metric == "itl":
+            gaps = itl(r)
+            value: float | None = max(gaps) if gaps else None
+        else:
+            value = {"ttft": ttft, "tpot": tpot, "e2e": e2e}[o.metric](r)
+        # a request whose value cannot be measured did not demonstrably meet the objective
+        if value is None or not ops[o.op](value, o.threshold):
+            return False
+    return True
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    *,
+    window: tuple[float, float] | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    request_objectives: Sequence[RequestObjective] = (),
+) -> Summary:
+    """Summarise the measured (non-warmup) records; `window` is (start, end) on time.monotonic()."""
+    measured = [r for r in records if not r.warmup]
+    ok = [r for r in measured if r.ok]
+    pcts = tuple(sorted({float(p) for p in percentiles}))
+    reasons: dict[str, str] = {}
+    if not measured:
+        reasons["requests"] = "no measured requests were sent"
+    elif not ok:
+        reasons["requests"] = f"all {len(measured)} measured requests failed"
+
+    if window is None and measured:
+        window = (min(r.sent_at for r in measured), max(r.end_at for r in measured))
+    duration = (window[1] - window[0]) if window else NAN
+
+    def vals(f: Callable[[RequestRecord], float | None]) -> np.ndarray:
+        return np.array([v for r in ok if (v := f(r)) is not None], dtype=float)
+
+    samples = {
+        "ttft": vals(ttft),
+        "ttfc": vals(ttfc),
+        "tpot": vals(tpot),
+        "itl": np.array([g for r in ok for g in itl(r)], dtype=float),
+        "e2e": vals(e2e),
+        "input_tokens": vals(lambda r: r.input_tokens),
+        "output_tokens": vals(lambda r: r.output_tokens),
+        "dispatch_lag": np.array(
+            [lag for r in measured if (lag := r.dispatch_lag) is not None], dtype=float
+        ),
+    }
+    if ok and samples["tpot"].size == 0:
+        reasons["tpot"] = "no successful request produced 2 or more output tokens"
+    if ok and samples["itl"].size == 0:
+        reasons["itl"] = "no successful request streamed 2 or more content chunks"
+    if samples["dispatch_lag"].size == 0:
+        reasons["dispatch_lag"] = "closed-loop run: requests have no arrival schedule"
+
+    sources = Counter(r.token_source or "unknown" for r in ok)
+    out_tokens = [r.output_tokens for r in ok]
+    in_tokens = [r.input_tokens for r in ok]
+    if ok and None in out_tokens:
+        reasons["output_throughput"] = (
+            f"{out_tokens.count(None)} successful requests have no output token count "
+            "(server sent no usage and no tokenizer was available)"
+        )
+        out_tp = NAN
+    else:
+        out_tp = _rate(sum(t or 0 for t in out_tokens), duration, bool(ok))
+    if ok and None in in_tokens:
+        reasons["total_token_throughput"] = "input token counts are missing"
+        total_tp = NAN
+    else:
+        total_tp = _rate(sum(t or 0 for t in in_tokens), duration, bool(ok)) + out_tp
+
+    good = sum(1 for r in ok if _meets(r, request_objectives))
+    if not request_objectives:
+        reasons["goodput"] = reasons["goodput_ratio"] = "no per-request objectives are set"
+    failures = Counter(str(r.error) for r in measured if not r.ok)
+    examples: dict[str, str] = {}
+    for r in measured:
+        if r.error is not None:
+            examples.setdefault(str(r.error), r.error_message)
+
+    return Summary(
+        requests=len(measured),
+        succeeded=len(ok),
+        failed=len(measured) - len(ok),
+        warmup=len(records) - len(measured),
+        duration_s=duration,
+        failures_by_category=dict(failures.most_common()),
+        error_examples=examples,
+        distributions={k: Distribution.of(v, pcts) for k, v in samples.items()},
+        output_throughput=out_tp,
+        total_token_throughput=total_tp,
+        request_throughput=_rate(len(ok), duration, bool(measured)),
+        failure_rate=(len(measured) - len(ok)) / len(measured) if measured else NAN,
+        goodput=_rate(good, duration, bool(measured)) if request_objectives else NAN,
+        goodput_ratio=good / len(measured) if measured and request_objectives else NAN,
+        token_sources=dict(sources),
+        percentiles=pcts,
+        reasons=reasons,
+        samples=samples,
+    )
+
+
+def _rate(count: float, duration: float, have_data: bool) -> float:
+    if not have_data or not duration or math.isnan(duration) or duration <= 0:
+        return NAN
+    return count / duration

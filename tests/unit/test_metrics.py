@@ -1,0 +1,107 @@
+"""The pinned metric definitions, checked on hand-computed records."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pytest_llmslo.metrics import Distribution, RequestObjective, summarize, tpot, ttfc, ttft
+from pytest_llmslo.records import ErrorCategory, RequestRecord
+
+
+def rec(
+    i: int,
+    *,
+    sent: float = 0.0,
+    first_chunk: float | None = 0.05,
+    first: float | None = 0.1,
+    times: tuple[float, ...] = (0.1, 0.2, 0.3),
+    end: float = 0.3,
+    out: int | None = 3,
+    inp: int | None = 10,
+    warmup: bool = False,
+    error: ErrorCategory | None = None,
+    msg: str = "",
+) -> RequestRecord:
+    return RequestRecord(
+        index=i,
+        prompt_index=i,
+        warmup=warmup,
+        sent_at=sent,
+        end_at=end,
+        first_chunk_at=first_chunk,
+        first_content_at=first,
+        content_times=times,
+        output_tokens=out,
+        input_tokens=inp,
+        token_source="usage" if out is not None else None,
+        error=error,
+        error_message=msg,
+    )
+
+
+def test_per_request_definitions() -> None:
+    r = rec(0, sent=1.0, first_chunk=1.01, first=1.2, times=(1.2, 1.3, 1.5), end=1.6, out=5)
+    assert ttft(r) == pytest.approx(0.2)  # to the first content, not the role-only chunk
+    assert ttfc(r) == pytest.approx(0.01)
+    assert tpot(r) == pytest.approx((0.6 - 0.2) / 4)
+    assert tpot(rec(1, out=1)) is None  # one token has no time per output token
+
+
+def test_summary_excludes_warmup_and_counts_failures() -> None:
+    records = [
+        rec(0, warmup=True, end=9.0),
+        rec(1, sent=1.0, first=1.1, times=(1.1, 1.2), end=1.2, out=2),
+        rec(2, sent=1.0, first=1.3, times=(1.3, 1.4, 1.6), end=1.6, out=3),
+        rec(3, sent=1.5, first=None, times=(), end=2.0, out=None,
+            error=ErrorCategory.HTTP_5XX, msg="500 boom"),
+    ]
+    s = summarize(records, window=(1.0, 2.0), percentiles=[50, 95])
+    assert (s.requests, s.succeeded, s.failed, s.warmup) == (3, 2, 1, 1)
+    assert s.failure_rate == pytest.approx(1 / 3)
+    assert s.failures_by_category == {"http_5xx": 1}
+    assert s.error_examples["http_5xx"] == "500 boom"
+    assert s.output_throughput == pytest.approx(5 / 1.0)
+    assert s.request_throughput == pytest.approx(2 / 1.0)
+    assert s.total_token_throughput == pytest.approx((5 + 20) / 1.0)
+    ttfts = s.distributions["ttft"]
+    assert ttfts.count == 2 and ttfts.mean == pytest.approx(0.2)
+    # ITL pools the gaps of every successful request: 0.1 | 0.1, 0.2
+    assert s.distributions["itl"].count == 3
+    assert s.distributions["itl"].max == pytest.approx(0.2)
+    assert s.value("ttft_mean")[:2] == (pytest.approx(0.2), 2)
+    assert s.value("e2e_p99.9")[0] == pytest.approx(0.6, abs=0.01)  # computed on demand
+
+
+def test_empty_samples_are_nan_with_a_reason() -> None:
+    s = summarize([rec(0, error=ErrorCategory.CONNECT, msg="refused", out=None)])
+    value, n, reason = s.value("ttft_p95")
+    assert math.isnan(value) and n == 0 and reason
+    assert math.isnan(s.output_throughput)
+    assert s.failure_rate == 1.0
+    none = summarize([])
+    assert math.isnan(none.failure_rate) and "no measured requests" in none.value("failure_rate")[2]
+
+
+def test_missing_token_counts_are_not_guessed() -> None:
+    s = summarize([rec(0, out=None)])
+    value, _, reason = s.value("output_throughput")
+    assert math.isnan(value) and "no output token count" in reason
+
+
+def test_goodput_against_per_request_objectives() -> None:
+    records = [rec(0, first=0.1), rec(1, first=0.25, times=(0.25, 0.3)), rec(2, first=0.05)]
+    objectives = [RequestObjective("ttft", "<=", 0.2)]
+    s = summarize(records, window=(0.0, 2.0), request_objectives=objectives)
+    assert s.goodput_ratio == pytest.approx(2 / 3)
+    assert s.goodput == pytest.approx(1.0)
+    assert math.isnan(summarize(records).goodput)
+
+
+def test_distribution_stats() -> None:
+    d = Distribution.of([1.0, 2.0, 3.0, 4.0], [50])
+    assert d.stat("median") == pytest.approx(2.5)
+    assert d.stat("max") == 4.0
+    with pytest.raises(KeyError):
+        d.stat("p")
