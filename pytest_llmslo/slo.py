@@ -1,0 +1,418 @@
+"""Service-level objectives: the metric catalogue, objective parsing and evaluation to verdicts."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pytest_llmslo.units import CANONICAL_UNIT, UnitError, UnitKind, expected_units, parse_quantity
+
+OPERATORS = ("<=", "<", ">=", ">")
+
+# Distributions over requests (or over chunk gaps, for itl); an objective picks one statistic.
+DISTRIBUTIONS: dict[str, tuple[UnitKind, str]] = {
+    "ttft": (UnitKind.TIME, "time to first token: request sent -> first chunk with generated text"),
+    "ttfc": (UnitKind.TIME, "time to first chunk: request sent -> first SSE event of any kind"),
+    "tpot": (UnitKind.TIME, "time per output token: (e2e - ttft) / (output_tokens - 1)"),
+    "itl": (UnitKind.TIME, "inter-chunk latency: gaps between successive content-bearing chunks"),
+    "e2e": (UnitKind.TIME, "end-to-end latency: request sent -> last byte of the response"),
+    "dispatch_lag": (UnitKind.TIME, "open loop: actual send time minus the scheduled send time"),
+    "input_tokens": (UnitKind.COUNT, "prompt tokens per request"),
+    "output_tokens": (UnitKind.COUNT, "generated tokens per request"),
+}
+
+STATS: dict[str, str] = {
+    "mean": "arithmetic mean",
+    "std": "standard deviation",
+    "min": "smallest value",
+    "max": "largest value",
+    "median": "50th percentile",
+    "pNN": "NNth percentile, 0 < NN <= 100, decimals allowed (p99.9)",
+}
+
+SCALARS: dict[str, tuple[UnitKind, str]] = {
+    "output_throughput": (
+        UnitKind.TOKEN_RATE,
+        "output tokens of successful requests / wall time of the measured window",
+    ),
+    "total_token_throughput": (
+        UnitKind.TOKEN_RATE,
+        "input + output tokens of successful requests / wall time of the measured window",
+    ),
+    "request_throughput": (
+        UnitKind.REQUEST_RATE,
+        "successful requests / wall time of the measured window",
+    ),
+    "failure_rate": (UnitKind.RATIO, "failed requests / sent requests, warmup excluded"),
+    "failures": (UnitKind.COUNT, "failed requests, warmup excluded"),
+    "goodput": (
+        UnitKind.REQUEST_RATE,
+        "requests per second that succeeded and met every per-request objective",
+    ),
+    "goodput_ratio": (
+        UnitKind.RATIO,
+        "fraction of measured requests that succeeded and met every per-request objective",
+    ),
+    "startup_time": (UnitKind.TIME, "server start -> ready to serve (/health and /v1/models)"),
+    "gpu_memory_peak": (UnitKind.MEMORY, "peak GPU memory of the server's process tree, whole run"),
+    "gpu_memory_startup_peak": (UnitKind.MEMORY, "peak GPU memory while the server started"),
+    "gpu_memory_load_peak": (UnitKind.MEMORY, "peak GPU memory during the measured load"),
+    "gpu_memory_steady": (UnitKind.MEMORY, "GPU memory once ready, before load"),
+    "host_memory_peak": (
+        UnitKind.MEMORY,
+        "peak resident memory (RSS) of the server's process tree",
+    ),
+    "kv_cache_usage_max": (UnitKind.RATIO, "largest KV-cache usage seen on /metrics"),
+    "kv_cache_usage_mean": (UnitKind.RATIO, "mean KV-cache usage seen on /metrics"),
+    "preemptions": (UnitKind.COUNT, "requests the server preempted during the load (/metrics)"),
+    "requests_running_max": (UnitKind.COUNT, "most requests running at once (/metrics)"),
+    "requests_waiting_max": (UnitKind.COUNT, "most requests queued at once (/metrics)"),
+}
+
+# Per-request objectives decide whether one request counts towards goodput.
+REQUEST_METRICS: dict[str, str] = {
+    "ttft": "this request's time to first token",
+    "tpot": "this request's time per output token",
+    "e2e": "this request's end-to-end latency",
+    "itl": "largest gap between two content-bearing chunks of this request",
+}
+
+_STAT_NAMES = ("mean", "std", "min", "max", "median")
+_DISTRIBUTION_METRIC = re.compile(
+    r"(?P<base>" + "|".join(DISTRIBUTIONS) + r")_"
+    r"(?P<stat>mean|std|min|max|median|p(?P<pct>(?:0|[1-9]\d*)(?:\.\d+)?))"
+)
+
+
+class ObjectiveError(ValueError):
+    """An objective or metric name that does not parse; says what, and how to fix it."""
+
+    def __init__(self, message: str, *, choices: Sequence[str] = (), fix: str = "") -> None:
+        text = message
+        if choices:
+            text += ". Valid: " + ", ".join(choices)
+        if fix:
+            text += f". {fix}"
+        super().__init__(text)
+        self.message = message
+        self.choices = tuple(choices)
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric name means: its kind, canonical unit, definition and (for stats) its parts."""
+
+    name: str
+    base: str  # the distribution (ttft) or the scalar name itself
+    stat: str | None  # mean | std | min | max | median | pNN (as written); None for scalars
+    percentile: float | None  # 95.0 for _p95, 50.0 for _median
+    kind: UnitKind
+    unit: str  # canonical unit of values: s, tok/s, req/s, B, "" (ratio, count)
+    description: str
+
+    @property
+    def integer(self) -> bool:
+        """Values are whole numbers (counts, and their min/max)."""
+        return self.kind is UnitKind.COUNT and (self.stat is None or self.stat in ("min", "max"))
+
+
+def _metric_suggestions() -> list[str]:
+    names = list(SCALARS)
+    for base in DISTRIBUTIONS:
+        names += [f"{base}_{s}" for s in (*_STAT_NAMES, "p50", "p90", "p95", "p99")]
+    return names
+
+
+def _catalogue_summary() -> str:
+    stats = "|".join(f"_{s}" for s in STATS)
+    return (
+        f"distributions {', '.join(DISTRIBUTIONS)} with a suffix {stats}; "
+        f"scalars {', '.join(SCALARS)}"
+    )
+
+
+def metric_info(metric: str) -> MetricInfo:
+    """Look up a metric name (``ttft_p95``, ``failure_rate``); ObjectiveError when it is unknown."""
+    if metric in SCALARS:
+        kind, description = SCALARS[metric]
+        return MetricInfo(metric, metric, None, None, kind, CANONICAL_UNIT[kind], description)
+    match = _DISTRIBUTION_METRIC.fullmatch(metric)
+    if match is not None:
+        base, stat = match["base"], match["stat"]
+        kind, description = DISTRIBUTIONS[base]
+        percentile: float | None = None
+        if match["pct"] is not None:
+            percentile = float(match["pct"])
+            if not 0 < percentile <= 100:
+                raise ObjectiveError(
+                    f"metric {metric!r}: percentile {match['pct']} is out of range",
+                    fix=f"Use a percentile in (0, 100], like {base}_p99 or {base}_p99.9",
+                )
+            description = f"{percentile:g}th percentile of {description}"
+        else:
+            if stat == "median":
+                percentile = 50.0
+            description = f"{STATS[stat]} of {description}"
+        return MetricInfo(metric, base, stat, percentile, kind, CANONICAL_UNIT[kind], description)
+    if metric in DISTRIBUTIONS:
+        raise ObjectiveError(
+            f"metric {metric!r} is a distribution and needs a statistic",
+            fix=f"Add a suffix: {metric}_p95, {metric}_p99, {metric}_mean, {metric}_max, ...",
+        )
+    candidates = _metric_suggestions()
+    close = difflib.get_close_matches(metric, candidates, n=5, cutoff=0.5)
+    rest = [c for c in candidates if c not in close]
+    fix = f"Did you mean {close[0]!r}? " if close else ""
+    raise ObjectiveError(
+        f"unknown metric {metric!r}",
+        choices=[*close, *rest],
+        fix=fix + f"Metrics are {_catalogue_summary()}",
+    )
+
+
+def catalogue() -> list[MetricInfo]:
+    """Every scalar and every distribution (without a statistic), for documentation."""
+    infos = [metric_info(name) for name in SCALARS]
+    for base, (kind, description) in DISTRIBUTIONS.items():
+        infos.append(MetricInfo(base, base, None, None, kind, CANONICAL_UNIT[kind], description))
+    return infos
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: ``metric op threshold``; threshold in the canonical unit of the metric."""
+
+    metric: str
+    op: str  # <= | < | >= | >
+    threshold: float
+    unit: str  # as written ("ms", "%", "" for a bare number)
+    text: str  # as written ("<= 500 ms")
+    line: int | None = None  # line in the spec file, when it came from one
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` (canonical unit) meets the objective; NaN never does."""
+        if math.isnan(value):
+            return False
+        if self.op == "<=":
+            return value <= self.threshold
+        if self.op == "<":
+            return value < self.threshold
+        if self.op == ">=":
+            return value >= self.threshold
+        return value > self.threshold
+
+    @property
+    def condition(self) -> str:
+        """The objective as written, with one space after the operator (``<= 500 ms``)."""
+        rest = self.text.strip()[len(self.op) :].strip()
+        return f"{self.op} {rest}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A measured value in the metric's canonical unit; NaN means it could not be measured."""
+
+    value: float
+    sample_size: int | None = None
+    reason: str = ""  # why it could not be measured, when value is NaN
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An objective checked against its measurement."""
+
+    objective: Objective
+    measured: Measurement
+    passed: bool
+    margin: float | None  # signed headroom relative to the threshold; positive is good
+
+    def describe(self) -> str:
+        """One line for people, e.g. ``ttft_p95 = 612.3 ms, objective <= 500 ms: missed by ...``."""
+        metric = self.objective.metric
+        condition = self.objective.condition
+        value = self.measured.value
+        if math.isnan(value):
+            reason = self.measured.reason or "no value was measured"
+            return f"{metric} = not measurable: {reason} (objective {condition})"
+        difference = format_difference(metric, abs(value - self.objective.threshold))
+        if self.margin is None or math.isinf(self.margin):
+            relative = ""
+        else:
+            relative = f" ({abs(self.margin) * 100:.1f}%)"
+        if self.passed:
+            outcome = f"met with {difference} to spare{relative}"
+        else:
+            outcome = f"missed by {difference}{relative}"
+        size = "" if self.measured.sample_size is None else f", n={self.measured.sample_size}"
+        return f"{metric} = {format_value(metric, value)}, objective {condition}: {outcome}{size}"
+
+
+_OBJECTIVE = re.compile(r"\s*(?P<op><=|>=|<|>)\s*(?P<quantity>.*?)\s*")
+_WRONG_OPERATORS = {"=<": "<=", "=>": ">=", "≤": "<=", "≥": ">=", "==": "<= or >=", "=": "<= or >="}
+
+
+def _parse(metric: str, kind: UnitKind, integer: bool, text: str, line: int | None) -> Objective:
+    if not isinstance(text, str):
+        raise ObjectiveError(
+            f"objective {metric}: {text!r} is not a string",
+            fix=f'Write an operator and a threshold in quotes, like "<= {_example(kind)}"',
+        )
+    match = _OBJECTIVE.fullmatch(text)
+    if match is None:
+        stripped = text.strip()
+        for wrong, right in _WRONG_OPERATORS.items():
+            if stripped.startswith(wrong):
+                raise ObjectiveError(
+                    f"objective {metric}: {text!r} uses the operator {wrong!r}",
+                    fix=f"Write {right} instead (operators: {', '.join(OPERATORS)})",
+                )
+        raise ObjectiveError(
+            f"objective {metric}: {text!r} does not start with an operator",
+            fix=f'Write one of {", ".join(OPERATORS)} and a threshold, like "<= {_example(kind)}"',
+        )
+    try:
+        quantity = parse_quantity(match["quantity"], kind, integer=integer)
+    except UnitError as error:
+        raise ObjectiveError(
+            f"objective {metric}: {text!r}: {metric} is a {kind}, and {error.message}",
+            fix=error.fix or f"Units for a {kind}: {expected_units(kind)}",
+        ) from None
+    return Objective(metric, match["op"], quantity.value, quantity.unit, text, line)
+
+
+def _example(kind: UnitKind) -> str:
+    return {
+        UnitKind.TIME: "500 ms",
+        UnitKind.TOKEN_RATE: "1000 tok/s",
+        UnitKind.REQUEST_RATE: "5 req/s",
+        UnitKind.RATIO: "1%",
+        UnitKind.MEMORY: "24 GiB",
+        UnitKind.COUNT: "0",
+    }[kind]
+
+
+def parse_objective(metric: str, text: str, *, line: int | None = None) -> Objective:
+    """Parse ``ttft_p95: "<= 500 ms"``; ObjectiveError names the metric, the text and the fix."""
+    info = metric_info(metric)
+    return _parse(metric, info.kind, info.integer, text, line)
+
+
+def parse_request_objective(metric: str, text: str, *, line: int | None = None) -> Objective:
+    """Parse a per-request objective for goodput (``ttft: "<= 2 s"``): ttft, tpot, e2e or itl."""
+    if metric not in REQUEST_METRICS:
+        close = difflib.get_close_matches(metric, list(REQUEST_METRICS), n=1, cutoff=0.5)
+        stat = _DISTRIBUTION_METRIC.fullmatch(metric)
+        if stat is not None and stat["base"] in REQUEST_METRICS:
+            fix = f"A per-request objective has no statistic: write {stat['base']!r}"
+        elif close:
+            fix = f"Did you mean {close[0]!r}?"
+        else:
+            fix = ""
+        raise ObjectiveError(
+            f"unknown per-request metric {metric!r}", choices=list(REQUEST_METRICS), fix=fix
+        )
+    return _parse(metric, UnitKind.TIME, False, text, line)
+
+
+def derive_request_objectives(objectives: Iterable[Objective]) -> tuple[Objective, ...]:
+    """Per-request objectives implied by upper bounds on ttft/tpot/e2e/itl percentiles or maxima.
+
+    ``ttft_p95 <= 2 s`` becomes ``ttft <= 2 s`` for each request; where several bound one base, the
+    tightest wins, so a request only counts as good when it meets every stated bound.
+    """
+    tightest: dict[str, Objective] = {}
+    for objective in objectives:
+        info = metric_info(objective.metric)
+        if info.base not in REQUEST_METRICS or objective.op not in ("<=", "<"):
+            continue
+        if info.percentile is None and info.stat != "max":
+            continue
+        derived = Objective(
+            info.base,
+            objective.op,
+            objective.threshold,
+            objective.unit,
+            objective.text,
+            objective.line,
+        )
+        current = tightest.get(info.base)
+        if current is None or (derived.threshold, derived.op == "<=") < (
+            current.threshold,
+            current.op == "<=",
+        ):
+            tightest[info.base] = derived
+    return tuple(tightest[base] for base in REQUEST_METRICS if base in tightest)
+
+
+def _margin(objective: Objective, value: float) -> float:
+    if objective.op in ("<=", "<"):
+        headroom = objective.threshold - value
+    else:
+        headroom = value - objective.threshold
+    if objective.threshold == 0:
+        # relative to zero: none at all when equal, unbounded either way otherwise
+        return 0.0 if headroom == 0 else math.copysign(math.inf, headroom)
+    return headroom / objective.threshold
+
+
+def evaluate(
+    objectives: Sequence[Objective], measure: Callable[[str], Measurement]
+) -> list[Verdict]:
+    """Check each objective against ``measure(metric)``; a value that is NaN fails with its reason.
+
+    An exception from ``measure`` fails only that objective, with the error as the reason.
+    """
+    verdicts = []
+    for objective in objectives:
+        try:
+            measured = measure(objective.metric)
+        except Exception as error:  # one broken metric must not hide the verdicts of the others
+            measured = Measurement(math.nan, reason=f"{type(error).__name__}: {error}")
+        if math.isnan(measured.value):
+            verdicts.append(Verdict(objective, measured, passed=False, margin=None))
+            continue
+        margin = _margin(objective, measured.value)
+        verdicts.append(Verdict(objective, measured, objective.holds(measured.value), margin))
+    return verdicts
+
+
+def _kind(metric: str) -> UnitKind:
+    if metric in REQUEST_METRICS and metric not in SCALARS:
+        return UnitKind.TIME
+    return metric_info(metric).kind
+
+
+def format_value(metric: str, value: float) -> str:
+    """A value of ``metric`` (canonical unit) in human units: ms under 10 s, GiB, %, tok/s."""
+    if math.isnan(value):
+        return "n/a"
+    kind = _kind(metric)
+    if kind is UnitKind.TIME:
+        if abs(value) < 10:
+            ms = value * 1e3
+            return f"{ms:.1f} ms" if abs(ms) >= 1 or ms == 0 else f"{ms:.3g} ms"
+        return f"{value:.2f} s"
+    if kind is UnitKind.TOKEN_RATE:
+        return f"{value:.1f} tok/s"
+    if kind is UnitKind.REQUEST_RATE:
+        return f"{value:.2f} req/s"
+    if kind is UnitKind.RATIO:
+        return f"{value * 100:.2f}%"
+    if kind is UnitKind.MEMORY:
+        if abs(value) >= 2**30:
+            return f"{value / 2**30:.2f} GiB"
+        return f"{value / 2**20:.1f} MiB"
+    if math.isinf(value) or value.is_integer():
+        return f"{value:.0f}"
+    return f"{value:.1f}"
+
+
+def format_difference(metric: str, difference: float) -> str:
+    """A difference between two values of ``metric``; ratios differ in percentage points."""
+    if _kind(metric) is UnitKind.RATIO:
+        return f"{difference * 100:.2f} pp"
+    return format_value(metric, difference)

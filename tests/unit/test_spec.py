@@ -1,0 +1,617 @@
+"""The strict YAML spec: shapes, defaults, ${VAR} substitution and every validation error."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
+from pytest_llmslo.spec import DEFAULT_PERCENTILES, Spec, SpecError, load_spec, substitute
+
+BASE = """\
+servers:
+  vllm: {backend: vllm, model: m}
+datasets:
+  rand: {format: random, input_tokens: 8}
+scenarios:
+  s:
+    dataset: rand
+    load: {parallel: 1, requests: 2}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # errors show paths relative to the working directory, so messages compare exactly
+    monkeypatch.chdir(tmp_path)
+
+
+def load(text: str, env: Mapping[str, str] | None = None) -> Spec:
+    path = Path("spec.yaml")
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_spec(path, env={} if env is None else env)
+
+
+def error(text: str, env: Mapping[str, str] | None = None) -> SpecError:
+    with pytest.raises(SpecError) as excinfo:
+        load(text, env)
+    return excinfo.value
+
+
+FULL = """\
+version: 1
+defaults:
+  load: {max_tokens: 256, temperature: 0}
+  slo: {failure_rate: "<= 1%"}
+  percentiles: [50, 90, 95, 99]
+servers:
+  vllm:
+    backend: vllm
+    model: ${QWEN_MODEL:-Qwen/Qwen2.5-0.5B-Instruct}
+    args: {gpu_memory_utilization: 0.9, max_model_len: 32768, enforce_eager: true}
+    extra_args: ["--seed", 0]
+    env: {VLLM_LOGGING_LEVEL: INFO, VLLM_CPU_KVCACHE_SPACE: 1}
+    startup_timeout: 10 min
+    gpu_ids: [0, 1]
+  hf: {backend: hf, model: m, args: {continuous_batching: true}, device: cpu, port: 8123}
+  prod: {backend: external, base_url: "https://svc.example/", model: qwen, api_key_env: PROD_KEY}
+datasets:
+  openqa: {format: openqa, path: ${DATA:-data}/open_qa.jsonl, sample: 100, seed: 0}
+  rand: {format: random, input_tokens: 128, count: 50}
+scenarios:
+  openqa-c10:
+    servers: [vllm, hf]
+    dataset: openqa
+    load: {parallel: 10, requests: 100, warmup: 5, max_tokens: 512, stream: true}
+    slo: {ttft_p95: "<= 2 s", output_throughput: ">= 1000 tok/s", e2e_p99: "<= 10 s"}
+    percentiles: [50, 95, 99, 99.9]
+  rate-limited:
+    dataset: rand
+    load: {rate: 2.5 req/s, arrival: gamma, burstiness: 0.5, duration: 30s, stop: END}
+    slo: {failure_rate: null, goodput: ">= 1 req/s"}
+    request_slo: {ttft: "<= 1 s", itl: "<= 200 ms"}
+"""
+
+
+def _data_dir() -> Path:
+    (Path("data")).mkdir(exist_ok=True)
+    (Path("data") / "open_qa.jsonl").write_text("{}\n", encoding="utf-8")
+    return Path("data").resolve()
+
+
+def test_full_spec(tmp_path: Path) -> None:
+    data = _data_dir()
+    spec = load(FULL)
+    assert spec.path == Path("spec.yaml")
+    assert list(spec.servers) == ["vllm", "hf", "prod"]
+    assert spec.servers["vllm"] == ServerConfig(
+        name="vllm",
+        backend="vllm",
+        model="Qwen/Qwen2.5-0.5B-Instruct",
+        args={"gpu_memory_utilization": 0.9, "max_model_len": 32768, "enforce_eager": True},
+        extra_args=("--seed", "0"),
+        env={"VLLM_LOGGING_LEVEL": "INFO", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        startup_timeout=600.0,
+        gpu_ids=(0, 1),
+    )
+    assert spec.servers["hf"].device == "cpu"
+    assert spec.servers["hf"].port == 8123
+    prod = spec.servers["prod"]
+    assert (prod.backend, prod.base_url, prod.api_key_env) == (
+        "external",
+        "https://svc.example",
+        "PROD_KEY",
+    )
+    assert spec.datasets["openqa"] == DatasetConfig(
+        name="openqa", format="openqa", path=str(data / "open_qa.jsonl"), sample=100, seed=0
+    )
+    assert spec.datasets["rand"].input_tokens == 128
+
+    c10 = spec.scenarios["openqa-c10"]
+    assert c10.servers == ("vllm", "hf")
+    assert c10.line == 21
+    assert c10.load == LoadConfig(
+        parallel=10, requests=100, warmup=5, max_tokens=512, stream=True, temperature=0.0
+    )
+    assert [o.metric for o in c10.objectives] == [
+        "failure_rate",
+        "ttft_p95",
+        "output_throughput",
+        "e2e_p99",
+    ]
+    assert c10.objectives[0].line == 4  # inherited: the line where the default is written
+    assert c10.objectives[1].line == 25
+    assert c10.percentiles == (50.0, 95.0, 99.0, 99.9)
+    # per-request objectives derived from the percentile bounds
+    assert [(o.metric, o.threshold) for o in c10.request_slo] == [("ttft", 2.0), ("e2e", 10.0)]
+
+    limited = spec.scenarios["rate-limited"]
+    assert limited.servers == ("vllm", "hf", "prod")  # default: every server
+    assert limited.load.rate == 2.5
+    assert limited.load.arrival == "gamma"
+    assert limited.load.duration == 30.0
+    assert limited.load.requests is None
+    assert limited.load.stop == ("END",)
+    assert limited.load.max_tokens == 256  # from defaults
+    assert [o.metric for o in limited.objectives] == ["goodput"]  # null dropped the default
+    assert [o.metric for o in limited.request_slo] == ["ttft", "itl"]
+    assert limited.percentiles == DEFAULT_PERCENTILES
+
+
+def test_defaults_merge_key_by_key() -> None:
+    spec = load(
+        BASE.replace("scenarios:", "defaults:\n  load: {parallel: 4, warmup: 3}\nscenarios:")
+        + '    slo: {ttft_p50: "<= 1 s"}\n'
+    )
+    load_config = spec.scenarios["s"].load
+    assert (load_config.parallel, load_config.warmup, load_config.requests) == (1, 3, 2)
+
+
+def test_scenario_load_may_come_from_defaults_alone() -> None:
+    text = BASE.replace("    load: {parallel: 1, requests: 2}\n", "")
+    spec = load(
+        text.replace("scenarios:", "defaults:\n  load: {rate: 3, duration: 60}\nscenarios:")
+    )
+    assert spec.scenarios["s"].load.rate == 3.0
+    assert spec.scenarios["s"].load.duration == 60.0
+
+
+# --- ${VAR} substitution --------------------------------------------------------------------------
+
+
+def test_env_set_default_and_int_conversion() -> None:
+    text = BASE.replace("model: m", "model: ${MODEL:-fallback}").replace(
+        "requests: 2", "requests: ${N:-100}"
+    )
+    spec = load(text, {"N": "42"})
+    assert spec.servers["vllm"].model == "fallback"
+    assert spec.scenarios["s"].load.requests == 42
+    spec = load(text, {"MODEL": "/models/tiny", "N": ""})
+    assert spec.servers["vllm"].model == "/models/tiny"
+    assert spec.scenarios["s"].load.requests == 100  # empty takes the default, as in the shell
+
+
+def test_env_missing_names_variable_file_and_line() -> None:
+    err = error(BASE.replace("model: m", "model: ${QWEN_MODEL}"))
+    assert str(err) == (
+        "spec.yaml:2: servers.vllm.model: environment variable QWEN_MODEL is not set. "
+        "Set QWEN_MODEL, or give a default: ${QWEN_MODEL:-value}."
+    )
+    assert (err.line, err.key) == (2, "servers.vllm.model")
+
+
+def test_env_escaping_and_quoting() -> None:
+    text = BASE.replace("model: m", 'model: "$${HOME}/$$x-${A}"')
+    assert load(text, {"A": "a"}).servers["vllm"].model == "${HOME}/$x-a"
+    # a quoted reference stays a string even when it looks like a number
+    err = error(BASE.replace("requests: 2", 'requests: "${N:-100}"'))
+    assert "expected an integer, got a string '100'" in str(err)
+    assert "Remove the quotes" in str(err)
+
+
+def test_env_malformed_reference() -> None:
+    err = error(BASE.replace("model: m", 'model: "${1BAD}"'))
+    assert err.line == 2
+    assert "invalid variable reference '${1BAD}'" in err.message
+
+
+def test_substitute() -> None:
+    env = {"A": "1", "E": ""}
+    assert substitute("x${A}y", env) == "x1y"
+    assert substitute("${B:-d}", env) == "d"
+    assert substitute("${E:-d}", env) == "d"
+    assert substitute("${E}", env) == ""
+    assert substitute("$$A $A $", env) == "$A $A $"
+    with pytest.raises(KeyError):
+        substitute("${B}", env)
+    with pytest.raises(ValueError, match="unterminated"):
+        substitute("${A", env)
+
+
+# --- strictness -----------------------------------------------------------------------------------
+
+
+def test_unknown_load_key_message() -> None:
+    err = error(BASE.replace("parallel: 1,", "paralel: 1,"))
+    assert str(err).startswith(
+        "spec.yaml:8: scenarios.s.load.paralel: unknown key. Valid keys: api,"
+    )
+    assert str(err).endswith("Did you mean 'parallel'?")
+    assert "parallel, rate" in str(err)
+    assert err.choices[0] == "api"
+    assert err.fix == "Did you mean 'parallel'?"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (BASE + "extra: 1\n", 9, "extra"),
+        (BASE.replace("model: m}", "model: m, modle: x}"), 2, "servers.vllm.modle"),
+        (
+            BASE.replace("input_tokens: 8}", "input_tokens: 8, smaple: 2}"),
+            4,
+            "datasets.rand.smaple",
+        ),
+        (BASE + "    percentile: [50]\n", 9, "scenarios.s.percentile"),
+        ("defaults:\n  lod: {}\n" + BASE, 2, "defaults.lod"),
+        ("defaults:\n  load: {paralel: 1}\n" + BASE, 2, "defaults.load.paralel"),
+    ],
+)
+def test_unknown_keys_at_every_level(text: str, line: int, key: str) -> None:
+    err = error(text)
+    assert (err.line, err.key, err.message) == (line, key, "unknown key")
+    assert str(err).startswith(f"spec.yaml:{line}: {key}: unknown key. Valid keys: ")
+
+
+def test_duplicate_keys() -> None:
+    err = error(BASE.replace("    dataset: rand\n", "    dataset: rand\n    dataset: rand\n"))
+    assert str(err).startswith("spec.yaml:8: scenarios.s.dataset: duplicate key (first written at")
+    err = error(
+        BASE.replace("{parallel: 1, requests: 2}", "{parallel: 1, parallel: 2, requests: 2}")
+    )
+    assert (err.line, err.key) == (8, "scenarios.s.load.parallel")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "fragment"),
+    [
+        (
+            "parallel: 1",
+            "parallel: ten",
+            8,
+            "scenarios.s.load.parallel",
+            "expected an integer, got a string 'ten'",
+        ),
+        ("parallel: 1", "parallel: 1.5", 8, "scenarios.s.load.parallel", "expected an integer"),
+        ("parallel: 1", "parallel: 0", 8, "scenarios.s.load.parallel", "must be at least 1"),
+        ("parallel: 1", "parallel: true", 8, "scenarios.s.load.parallel", "got a boolean"),
+        (
+            "requests: 2",
+            "requests: 2, stream: 'yes'",
+            8,
+            "scenarios.s.load.stream",
+            "expected true or false",
+        ),
+        (
+            "requests: 2",
+            "requests: 2, duration: soon",
+            8,
+            "scenarios.s.load.duration",
+            "not a number with a unit",
+        ),
+        (
+            "requests: 2",
+            "requests: 2, duration: 5 GiB",
+            8,
+            "scenarios.s.load.duration",
+            "is a memory, not a time",
+        ),
+        ("requests: 2", "requests: 2, top_p: 2", 8, "scenarios.s.load.top_p", "must be at most 1"),
+        (
+            "requests: 2",
+            "requests: 2, headers: [a]",
+            8,
+            "scenarios.s.load.headers",
+            "expected a mapping",
+        ),
+        ("model: m}", "model: m, port: 70000}", 2, "servers.vllm.port", "must be at most 65535"),
+        (
+            "model: m}",
+            "model: m, gpu_ids: 0}",
+            2,
+            "servers.vllm.gpu_ids",
+            "expected a list of GPU indices",
+        ),
+        (
+            "model: m}",
+            "model: m, extra_args: --x}",
+            2,
+            "servers.vllm.extra_args",
+            "expected a list",
+        ),
+        (
+            "model: m}",
+            "model: m, args: {--max-model-len: 8}}",
+            2,
+            "servers.vllm.args.--max-model-len",
+            "without leading dashes",
+        ),
+        ("model: m}", "model: m, device: tpu}", 2, "servers.vllm.device", "unknown device 'tpu'"),
+        (
+            "model: m}",
+            "model: m, env: {A: true}}",
+            2,
+            "servers.vllm.env.A",
+            "expected a string, got a boolean",
+        ),
+        (
+            "model: m}",
+            "model: m, api_key_env: sk-123}",
+            2,
+            "servers.vllm.api_key_env",
+            "not an environment variable name",
+        ),
+        (
+            "input_tokens: 8}",
+            "input_tokens: 8, sample: -1}",
+            4,
+            "datasets.rand.sample",
+            "must be at least 1",
+        ),
+    ],
+)
+def test_wrong_types_and_values(old: str, new: str, line: int, key: str, fragment: str) -> None:
+    err = error(BASE.replace(old, new, 1))
+    assert (err.line, err.key) == (line, key), str(err)
+    assert fragment in str(err)
+    assert str(err).startswith(f"spec.yaml:{line}: {key}: ")
+
+
+def test_unknown_references_list_defined_names() -> None:
+    err = error(BASE + "    servers: [vllm, vlm]\n")
+    assert str(err) == (
+        "spec.yaml:9: scenarios.s.servers[1]: unknown server 'vlm'. Defined servers: vllm. "
+        "Did you mean 'vllm'?"
+    )
+    err = error(BASE.replace("dataset: rand", "dataset: openqa"))
+    assert str(err) == (
+        "spec.yaml:7: scenarios.s.dataset: unknown dataset 'openqa'. Defined datasets: rand. "
+        "Define it under datasets:."
+    )
+    err = error(BASE + "    servers: [vllm, vllm]\n")
+    assert "listed twice" in err.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "fragment"),
+    [
+        (
+            "backend: vllm",
+            "backend: vlm",
+            2,
+            "unknown backend 'vlm'. Valid backends: vllm, hf, external. Did you mean 'vllm'?",
+        ),
+        (
+            "format: random",
+            "format: csv",
+            4,
+            "unknown format 'csv'. Valid formats: openqa, longalpaca",
+        ),
+        (
+            "requests: 2",
+            "requests: 2, arrival: burst",
+            8,
+            "unknown arrival 'burst'. Valid arrivals: poisson, constant, gamma",
+        ),
+        (
+            "requests: 2",
+            "requests: 2, api: responses",
+            8,
+            "unknown api 'responses'. Valid apis: chat, completions",
+        ),
+    ],
+)
+def test_unknown_choices(old: str, new: str, line: int, fragment: str) -> None:
+    err = error(BASE.replace(old, new))
+    assert err.line == line
+    assert fragment in str(err)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "fragment"),
+    [
+        (
+            "{backend: vllm, model: m}",
+            "{model: m}",
+            2,
+            "servers.vllm",
+            "missing required key 'backend'",
+        ),
+        (
+            "{backend: vllm, model: m}",
+            "{backend: vllm}",
+            2,
+            "servers.vllm",
+            "missing required key 'model' for backend vllm",
+        ),
+        (
+            "{backend: vllm, model: m}",
+            "{backend: external}",
+            2,
+            "servers.vllm",
+            "missing required key 'base_url'",
+        ),
+        (
+            "model: m}",
+            "model: m, base_url: 'http://x'}",
+            2,
+            "servers.vllm.base_url",
+            "base_url is for backend external",
+        ),
+        (
+            "{backend: vllm, model: m}",
+            "{backend: external, base_url: x.com}",
+            2,
+            "servers.vllm.base_url",
+            "not an http(s) URL",
+        ),
+        (
+            "{format: random, input_tokens: 8}",
+            "{input_tokens: 8}",
+            4,
+            "datasets.rand",
+            "missing required key 'format'",
+        ),
+        (
+            "{format: random, input_tokens: 8}",
+            "{format: random}",
+            4,
+            "datasets.rand",
+            "missing required key 'input_tokens'",
+        ),
+        (
+            "{format: random, input_tokens: 8}",
+            "{format: openqa}",
+            4,
+            "datasets.rand",
+            "missing required key 'path' for format openqa",
+        ),
+        (
+            "{format: random, input_tokens: 8}",
+            "{format: random, input_tokens: 8, path: x}",
+            4,
+            "datasets.rand.path",
+            "reads no file",
+        ),
+        (
+            "{format: random, input_tokens: 8}",
+            "{format: openqa, path: nowhere.jsonl}",
+            4,
+            "datasets.rand.path",
+            "does not exist",
+        ),
+        (
+            "{format: random, input_tokens: 8}",
+            "{format: random, input_tokens: 8, field: x}",
+            4,
+            "datasets.rand.field",
+            "jsonl only",
+        ),
+        (
+            "    dataset: rand\n",
+            "",
+            6,
+            "scenarios.s",
+            "missing required key 'dataset'. Defined datasets: rand",
+        ),
+        ("{parallel: 1, requests: 2}", "{parallel: 1}", 8, "scenarios.s.load", "needs 'requests'"),
+        (
+            "{parallel: 1, requests: 2}",
+            "{requests: 2}",
+            8,
+            "scenarios.s.load",
+            "needs 'parallel' (concurrent users) or 'rate'",
+        ),
+    ],
+)
+def test_missing_and_misplaced_keys(old: str, new: str, line: int, key: str, fragment: str) -> None:
+    err = error(BASE.replace(old, new))
+    assert (err.line, err.key) == (line, key), str(err)
+    assert fragment in str(err)
+
+
+def test_relative_dataset_paths_resolve_against_the_spec_directory(tmp_path: Path) -> None:
+    sub = tmp_path / "specs"
+    (sub / "data").mkdir(parents=True)
+    (sub / "data" / "q.jsonl").write_text("{}\n", encoding="utf-8")
+    spec_path = sub / "spec.yaml"
+    spec_path.write_text(
+        BASE.replace(
+            "{format: random, input_tokens: 8}", "{format: jsonl, path: data/q.jsonl, field: p}"
+        ),
+        encoding="utf-8",
+    )
+    spec = load_spec(spec_path, env={})
+    assert spec.datasets["rand"].path == str(sub / "data" / "q.jsonl")
+    assert spec.datasets["rand"].field == "p"
+
+
+def test_objective_errors_carry_file_line_and_key() -> None:
+    err = error(BASE + '    slo:\n      failure_rate: "<= 1%"\n      ttft_p95: ">= 5 tok/s"\n')
+    assert str(err).startswith(
+        "spec.yaml:11: scenarios.s.slo.ttft_p95: objective ttft_p95: '>= 5 tok/s': "
+        "ttft_p95 is a time, and '5 tok/s' is a token rate, not a time."
+    )
+    assert "us, µs, ms, s or min" in str(err)
+    err = error(BASE + '    slo: {ttft_95: "<= 1 s"}\n')
+    assert err.key == "scenarios.s.slo.ttft_95"
+    assert err.choices[0] == "ttft_p95"
+    assert "Did you mean 'ttft_p95'?" in str(err)
+    err = error(BASE + "    slo: {failures: 0}\n")
+    assert "has no operator" in str(err)
+    assert 'failures: "<= 0"' in str(err)
+    err = error(BASE + '    request_slo: {ttft_p95: "<= 1 s"}\n')
+    assert (err.line, err.key) == (9, "scenarios.s.request_slo.ttft_p95")
+
+
+def test_goodput_needs_per_request_objectives() -> None:
+    err = error(BASE + '    slo: {goodput_ratio: ">= 0.9"}\n')
+    assert (err.line, err.key) == (9, "scenarios.s.slo.goodput_ratio")
+    assert "request_slo" in err.fix
+    spec = load(BASE + '    slo: {goodput_ratio: ">= 0.9", tpot_p99: "<= 80 ms"}\n')
+    assert [o.metric for o in spec.scenarios["s"].request_slo] == ["tpot"]
+
+
+def test_percentiles() -> None:
+    spec = load(BASE + "    percentiles: [99.99, 50, 0.1]\n")
+    assert spec.scenarios["s"].percentiles == (99.99, 50.0, 0.1)
+    for bad, fragment in [
+        ("[0]", "out of range"),
+        ("[101]", "out of range"),
+        ("[]", "non-empty"),
+        ("[50, 50]", "listed twice"),
+        ("[p50]", "expected a number"),
+    ]:
+        err = error(BASE + f"    percentiles: {bad}\n")
+        assert err.line == 9
+        assert fragment in str(err)
+
+
+def test_yaml_syntax_error_has_its_line() -> None:
+    err = error(BASE + "    slo: {ttft_p95: '<= 1 s'\n")
+    assert err.line is not None and err.line >= 9
+    assert err.message.startswith("YAML syntax error")
+    err = error("servers:\n  a: b\n - c\n")
+    assert err.line == 3
+
+
+def test_flow_collections_accept_variable_references() -> None:
+    _data_dir()
+    text = BASE.replace(
+        "{format: random, input_tokens: 8}", "{format: openqa, path: ${DATA:-data}/open_qa.jsonl}"
+    ).replace("{parallel: 1, requests: 2}", "{parallel: ${P:-3}, requests: 2}")
+    spec = load(text)
+    assert spec.scenarios["s"].load.parallel == 3
+    assert spec.datasets["rand"].path is not None and spec.datasets["rand"].path.endswith(
+        "data/open_qa.jsonl"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "the spec is empty"),
+        ("# only a comment\n", "the spec is empty"),
+        ("- a\n- b\n", "expected a mapping"),
+        (BASE.split("scenarios:")[0], "missing required section 'scenarios'"),
+        (BASE.split("scenarios:")[0] + "scenarios: {}\n", "defines no scenario"),
+        (BASE.split("datasets:")[0] + "scenarios: {}\n", "missing required section 'datasets'"),
+        ("version: 2\n" + BASE, "unsupported spec version 2"),
+        (BASE.replace("  s:", "  'bad name':"), "letters, digits"),
+    ],
+)
+def test_whole_file_errors(text: str, fragment: str) -> None:
+    assert fragment in str(error(text))
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read the spec"):
+        load_spec(tmp_path / "absent.yaml")
+
+
+def test_error_path_outside_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    spec_path = outside / "x.yaml"
+    spec_path.write_text(BASE + "oops: 1\n", encoding="utf-8")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(SpecError) as excinfo:
+        load_spec(spec_path, env={})
+    assert str(excinfo.value).startswith(f"{spec_path}:9: oops: unknown key.")
+    assert excinfo.value.path == spec_path
