@@ -34,6 +34,8 @@ class ServerConfig:
     base_url: str | None = None  # external only
     api_key_env: str | None = None  # name of the env var that holds the API key
     stop_timeout: float = 20.0  # grace between SIGTERM and SIGKILL
+    # skip (not fail) this server's scenarios when its backend package is not installed
+    skip_if_missing: bool = False
 
 
 @dataclass(frozen=True)

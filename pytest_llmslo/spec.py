@@ -8,7 +8,7 @@ import os
 import re
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,11 @@ class Scenario:
     request_slo: tuple[Objective, ...]  # per-request objectives that decide goodput
     percentiles: tuple[float, ...]
     line: int
+    # per-server load overrides (e.g. fewer requests for a slow backend), merged over `load`
+    server_loads: dict[str, LoadConfig] = field(default_factory=dict)
+
+    def load_for(self, server: str) -> LoadConfig:
+        return self.server_loads.get(server, self.load)
 
 
 @dataclass(frozen=True)
@@ -490,6 +495,7 @@ SERVER_KEYS = (
     "base_url",
     "api_key_env",
     "stop_timeout",
+    "skip_if_missing",
 )
 DATASET_KEYS = (
     "format",
@@ -526,7 +532,15 @@ LOAD_KEYS = (
     "read_timeout",
     "total_timeout",
 )
-SCENARIO_KEYS = ("servers", "dataset", "load", "slo", "request_slo", "percentiles")
+SCENARIO_KEYS = (
+    "servers",
+    "dataset",
+    "load",
+    "server_load",
+    "slo",
+    "request_slo",
+    "percentiles",
+)
 _DEVICE = re.compile(r"auto|cpu|cuda(?::\d+)?")
 _SCENARIO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -570,6 +584,8 @@ def _server(reader: _Reader, name: str, node: Node, line: int) -> ServerConfig:
             kw["env"] = reader.string_map(entry)
         elif key in ("startup_timeout", "stop_timeout"):
             kw[key] = reader.duration(entry)
+        elif key == "skip_if_missing":
+            kw[key] = reader.boolean(entry)
         elif key == "gpu_ids":
             if not isinstance(entry.node, SequenceNode):
                 raise reader.error(
@@ -934,6 +950,21 @@ def _scenario(
     load_entries = _merged(reader, defaults, entries, "load", LOAD_KEYS)
     load_line = entries["load"].line if "load" in entries else line
     load = _load(reader, load_entries, path, load_line)
+    server_loads: dict[str, LoadConfig] = {}
+    if "server_load" in entries:
+        section = entries["server_load"]
+        for server, override in reader.mapping(section.node, section.path, None).items():
+            if server not in server_names:
+                raise reader.error(
+                    override.node,
+                    override.path,
+                    f"server {server!r} does not run this scenario",
+                    choices=server_names,
+                    choices_label="Servers of this scenario",
+                )
+            merged = dict(load_entries)
+            merged.update(reader.mapping(override.node, override.path, LOAD_KEYS))
+            server_loads[server] = _load(reader, merged, path, override.line)
 
     objectives = _objectives(
         reader, _merged(reader, defaults, entries, "slo", None), parse_objective
@@ -968,6 +999,7 @@ def _scenario(
         servers=server_names,
         dataset=dataset,
         load=load,
+        server_loads=server_loads,
         objectives=objectives,
         request_slo=request_slo,
         percentiles=percentiles,
