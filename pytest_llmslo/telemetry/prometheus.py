@@ -1,0 +1,134 @@
+"""Prometheus text-format parsing and the vLLM metric names a load window is summarized from."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Each tuple lists the current vLLM name first, then the names older releases used.
+KV_CACHE_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+REQUESTS_RUNNING = ("vllm:num_requests_running",)
+REQUESTS_WAITING = ("vllm:num_requests_waiting",)
+PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
+PROMPT_TOKENS = ("vllm:prompt_tokens_total", "vllm:prompt_tokens")
+GENERATION_TOKENS = ("vllm:generation_tokens_total", "vllm:generation_tokens")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One exposition line: a metric name, its labels and its value."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+class PrometheusParseError(ValueError):
+    """A line of a /metrics answer that is not Prometheus text format."""
+
+
+def parse_samples(text: str) -> list[Sample]:
+    """Parse Prometheus text exposition format (version 0.0.4) into samples.
+
+    Comment and blank lines are skipped; a trailing timestamp is accepted and dropped.
+    """
+    samples: list[Sample] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            samples.append(_parse_line(line))
+        except (ValueError, IndexError) as exc:
+            raise PrometheusParseError(
+                f"line {number} of the /metrics answer is not Prometheus text format ({exc}): "
+                f"{line[:200]!r}"
+            ) from None
+    return samples
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Parse Prometheus text into one value per metric name, summed over its label sets."""
+    totals: dict[str, float] = {}
+    for sample in parse_samples(text):
+        totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def max_over_labels(samples: Sequence[Sample], names: Sequence[str]) -> float | None:
+    """The largest value of the first name in ``names`` that is present, over its label sets.
+
+    Used for ratios such as KV-cache usage, where a sum over engines would exceed 1.
+    """
+    for name in names:
+        values = [s.value for s in samples if s.name == name and not math.isnan(s.value)]
+        if values:
+            return max(values)
+    return None
+
+
+def lookup(values: Mapping[str, float], names: Sequence[str]) -> float | None:
+    """The value of the first name in ``names`` that is present, or None."""
+    for name in names:
+        if name in values:
+            return values[name]
+    return None
+
+
+def _parse_line(line: str) -> Sample:
+    brace = line.find("{")
+    space = _first_whitespace(line)
+    if brace != -1 and (space == -1 or brace < space):
+        name = line[:brace]
+        labels, rest = _parse_labels(line, brace + 1)
+    else:
+        if space == -1:
+            raise ValueError("no value after the metric name")
+        name, rest, labels = line[:space], line[space:], ()
+    if not name:
+        raise ValueError("empty metric name")
+    fields = rest.split()
+    if not fields or len(fields) > 2:
+        raise ValueError("expected a value and an optional timestamp")
+    return Sample(name=name, labels=labels, value=_parse_value(fields[0]))
+
+
+def _first_whitespace(line: str) -> int:
+    for i, char in enumerate(line):
+        if char in " \t":
+            return i
+    return -1
+
+
+def _parse_labels(line: str, pos: int) -> tuple[tuple[tuple[str, str], ...], str]:
+    """Labels from just after ``{``; returns them and the text after the closing ``}``."""
+    labels: list[tuple[str, str]] = []
+    while True:
+        while line[pos] in " \t,":
+            pos += 1
+        if line[pos] == "}":
+            return tuple(labels), line[pos + 1 :]
+        eq = line.index("=", pos)
+        key = line[pos:eq].strip()
+        if line[eq + 1] != '"':
+            raise ValueError(f"label {key!r} has an unquoted value")
+        pos = eq + 2
+        chars: list[str] = []
+        # Values may hold `}`, `,` and escaped quotes, so scan rather than split.
+        while line[pos] != '"':
+            if line[pos] == "\\":
+                pos += 1
+                chars.append({"n": "\n", "\\": "\\", '"': '"'}.get(line[pos], line[pos]))
+            else:
+                chars.append(line[pos])
+            pos += 1
+        labels.append((key, "".join(chars)))
+        pos += 1
+
+
+def _parse_value(token: str) -> float:
+    special = {"+Inf": math.inf, "-Inf": -math.inf, "Inf": math.inf, "NaN": math.nan}
+    if token in special:
+        return special[token]
+    return float(token)

