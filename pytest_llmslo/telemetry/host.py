@@ -39,7 +39,38 @@ def tree_rss(pids: Iterable[int], proc: str = PROC) -> int | None:
 
 
 def process_tree(root: int, proc: str = PROC) -> list[int]:
-    """``root`` and all its live descendants, found through /proc/<pid>/stat parent ids."""
+    """``root`` and all its live descendants (``root`` first)."""
+    tree = _tree_from_children_files(root, proc)
+    return tree if tree is not None else _tree_from_stat_scan(root, proc)
+
+
+def _tree_from_children_files(root: int, proc: str) -> list[int] | None:
+    """Walk /proc/<pid>/task/<tid>/children: cheap, but needs CONFIG_PROC_CHILDREN."""
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            tasks = os.listdir(os.path.join(proc, str(pid), "task"))
+        except OSError:
+            if pid == root:
+                return [root]
+            continue  # exited while walked
+        tree.append(pid)
+        for tid in tasks:
+            try:
+                with open(os.path.join(proc, str(pid), "task", tid, "children")) as f:
+                    todo.extend(int(child) for child in f.read().split())
+            except FileNotFoundError:
+                if not os.path.isdir(os.path.join(proc, str(pid), "task", tid)):
+                    continue  # the thread exited
+                return None  # the kernel lacks the children files
+            except OSError:
+                continue
+    return tree
+
+
+def _tree_from_stat_scan(root: int, proc: str) -> list[int]:
+    """Read every process's parent id from /proc/<pid>/stat and walk down from ``root``."""
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir(proc)

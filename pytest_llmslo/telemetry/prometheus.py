@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,55 +77,31 @@ def lookup(values: Mapping[str, float], names: Sequence[str]) -> float | None:
     return None
 
 
+_LINE = re.compile(
+    r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
+    r'(?:\{(?P<labels>(?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?'
+    r"\s+(?P<value>\S+)(?:\s+-?\d+)?"
+)
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
 def _parse_line(line: str) -> Sample:
-    brace = line.find("{")
-    space = _first_whitespace(line)
-    if brace != -1 and (space == -1 or brace < space):
-        name = line[:brace]
-        labels, rest = _parse_labels(line, brace + 1)
-    else:
-        if space == -1:
-            raise ValueError("no value after the metric name")
-        name, rest, labels = line[:space], line[space:], ()
-    if not name:
-        raise ValueError("empty metric name")
-    fields = rest.split()
-    if not fields or len(fields) > 2:
-        raise ValueError("expected a value and an optional timestamp")
-    return Sample(name=name, labels=labels, value=_parse_value(fields[0]))
+    match = _LINE.fullmatch(line)
+    if match is None:
+        raise ValueError("expected `name{labels} value [timestamp]`")
+    labels: tuple[tuple[str, str], ...] = ()
+    if match["labels"]:
+        text = match["labels"].strip()
+        pairs = list(_LABEL.finditer(text))
+        if sum(len(p[0]) for p in pairs) != len(text):
+            raise ValueError("malformed labels")
+        labels = tuple((p[1], _UNESCAPE.sub(_unescape, p[2])) for p in pairs)
+    return Sample(name=match["name"], labels=labels, value=_parse_value(match["value"]))
 
 
-def _first_whitespace(line: str) -> int:
-    for i, char in enumerate(line):
-        if char in " \t":
-            return i
-    return -1
-
-
-def _parse_labels(line: str, pos: int) -> tuple[tuple[tuple[str, str], ...], str]:
-    """Labels from just after ``{``; returns them and the text after the closing ``}``."""
-    labels: list[tuple[str, str]] = []
-    while True:
-        while line[pos] in " \t,":
-            pos += 1
-        if line[pos] == "}":
-            return tuple(labels), line[pos + 1 :]
-        eq = line.index("=", pos)
-        key = line[pos:eq].strip()
-        if line[eq + 1] != '"':
-            raise ValueError(f"label {key!r} has an unquoted value")
-        pos = eq + 2
-        chars: list[str] = []
-        # Values may hold `}`, `,` and escaped quotes, so scan rather than split.
-        while line[pos] != '"':
-            if line[pos] == "\\":
-                pos += 1
-                chars.append({"n": "\n", "\\": "\\", '"': '"'}.get(line[pos], line[pos]))
-            else:
-                chars.append(line[pos])
-            pos += 1
-        labels.append((key, "".join(chars)))
-        pos += 1
+def _unescape(match: re.Match[str]) -> str:
+    return {"n": "\n"}.get(match[1], match[1])
 
 
 def _parse_value(token: str) -> float:

@@ -146,6 +146,11 @@ class Telemetry:
     of ``mark_load_start()``/``mark_load_end()`` pairs (one per scenario on a shared server), then
     ``stop()``. ``window_report(window)`` gives one window's figures at any time; its steady level
     is the last sample before the next window (or now), so asking later gives a settled value.
+
+    ``pids()`` returns the server's live process tree (vLLM's memory is held by its EngineCore
+    child, not the API server); it is called about once a second. Memory is sampled every
+    ``interval_s`` (nvidia-smi, a process spawn, every ``nvidia_smi_interval_s``); /metrics every
+    ``metrics_interval_s`` during load only. Times are ``time.monotonic()``, as in records.
     """
 
     def __init__(
@@ -159,8 +164,12 @@ class Telemetry:
         metrics_interval_s: float = 0.5,
         nvidia_smi_interval_s: float = 1.0,
         scrape_timeout_s: float = 5.0,
+        pids_refresh_s: float = 1.0,
     ) -> None:
         self._pids = pids
+        # Walking a process tree reads a /proc file per thread (vLLM runs dozens): doing it once a
+        # second, not every tick, keeps the sampler cheap; processes that exit are skipped anyway.
+        self._pids_refresh_s = pids_refresh_s
         self._metrics_url = metrics_url
         self._interval_s = interval_s
         self._nvml = nvml
@@ -493,11 +502,14 @@ class Telemetry:
                 self._gpu = {d.index: [] for d in probe.devices}
         # nvidia-smi spawns a process per read: on a shared CI machine keep it well below 10 Hz.
         gpu_every = self._nvidia_smi_interval_s if self._gpu_source == "nvidia-smi" else 0.0
-        next_gpu = 0.0
+        next_gpu = next_pids = 0.0
+        pids: list[int] = []
         try:
             while not self._stop_event.is_set():
                 began = time.monotonic()
-                pids = self._safe_pids()
+                if began >= next_pids:
+                    pids = self._safe_pids()
+                    next_pids = began + self._pids_refresh_s
                 if pids:
                     read_gpu = began >= next_gpu
                     self._tick(pids, probe if read_gpu else None)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from pytest_llmslo.records import Endpoint
+from pytest_llmslo.servers import Server
 from pytest_llmslo.telemetry import Telemetry, TelemetryReport, tree_rss
 
 REQUESTS = 6
@@ -60,8 +61,9 @@ def measure(endpoint: Endpoint, pids: Callable[[], list[int]]) -> tuple[Telemetr
 
 
 @pytest.mark.e2e
-def test_metrics_and_memory_of_a_real_vllm_server(vllm_server: Any) -> None:
-    endpoint: Endpoint = vllm_server.endpoint
+def test_metrics_and_memory_of_a_real_vllm_server(vllm_server: Server) -> None:
+    endpoint = vllm_server.endpoint
+    assert endpoint is not None
     assert endpoint.has_metrics
     report, prompt_tokens, generated_tokens = measure(endpoint, vllm_server.pids)
 
