@@ -6,6 +6,7 @@ never 0: a gate must not pass on "no data".
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -20,7 +21,16 @@ DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 NAN = float("nan")
 
 # names of the per-request distributions a Summary carries, in report order
-DISTRIBUTIONS = ("ttft", "ttfc", "tpot", "itl", "e2e", "input_tokens", "output_tokens", "dispatch_lag")
+DISTRIBUTIONS = (
+    "ttft",
+    "ttfc",
+    "tpot",
+    "itl",
+    "e2e",
+    "input_tokens",
+    "output_tokens",
+    "dispatch_lag",
+)
 _STAT = re.compile(r"^(mean|std|min|max|median|p(\d+(?:\.\d+)?))$")
 
 
@@ -48,11 +58,14 @@ class Distribution:
             std=float(arr.std()),
             min=float(arr.min()),
             max=float(arr.max()),
-            percentiles={float(p): float(v) for p, v in zip(percentiles, pct)},
+            percentiles={float(p): float(v) for p, v in zip(percentiles, pct, strict=True)},
         )
 
     def stat(self, name: str, sample: np.ndarray | None = None) -> float:
-        """`mean`, `std`, `min`, `max`, `median` or `pNN`; a percentile not precomputed needs `sample`."""
+        """`mean`, `std`, `min`, `max`, `median` or `pNN`.
+
+        A percentile that was not precomputed is computed from `sample`.
+        """
         m = _STAT.match(name)
         if not m:
             raise KeyError(f"unknown statistic {name!r}")
@@ -155,10 +168,11 @@ def tpot(r: RequestRecord) -> float | None:
 def itl(r: RequestRecord) -> list[float]:
     """Inter-chunk latencies: gaps between successive content-bearing chunks.
 
-    Per chunk, not per token: a server that coalesces tokens into one chunk shows fewer, longer gaps.
+    Per chunk, not per token: a server that coalesces tokens into one chunk shows fewer,
+    longer gaps.
     """
     t = r.content_times
-    return [b - a for a, b in zip(t, t[1:])]
+    return [b - a for a, b in itertools.pairwise(t)]
 
 
 def _meets(r: RequestRecord, objectives: Sequence[RequestObjective]) -> bool:
@@ -267,7 +281,7 @@ def summarize(
         failure_rate=(len(measured) - len(ok)) / len(measured) if measured else NAN,
         goodput=_rate(good, duration, bool(measured)) if request_objectives else NAN,
         goodput_ratio=good / len(measured) if measured and request_objectives else NAN,
-        token_sources=dict(sources),
+        token_sources={str(k): n for k, n in sources.items()},
         percentiles=pcts,
         reasons=reasons,
         samples=samples,

@@ -191,12 +191,15 @@ def open_tokenizer(model: str) -> Tokenizer:
     cached = _cached_tokenizer_json(model)
     if cached is not None and has_fast:
         return FastTokenizer(cached, name=model)
-    return _from_transformers(
-        model,
+    where = (
         f"{model!r} is not a local directory and has no tokenizer.json in the Hugging Face cache "
         f"({hub_cache_dir()}); nothing is downloaded: fetch the model beforehand or point model "
-        "at a local directory",
+        "at a local directory"
     )
+    if not (hub_cache_dir() / ("models--" + model.replace("/", "--"))).is_dir():
+        # importing transformers takes seconds: only worth it when the hub cache has the model
+        raise TokenizerUnavailable(model, where)
+    return _from_transformers(model, where)
 
 
 def load_tokenizer(model: str) -> Tokenizer | None:

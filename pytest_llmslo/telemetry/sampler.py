@@ -208,16 +208,26 @@ class Telemetry:
         if self._started_at is not None:
             return
         self._started_at = time.monotonic()
+        memory = threading.Thread(target=self._sample_loop, name="llmslo-memory", daemon=True)
+        self._threads.append(memory)
+        memory.start()
         if self._metrics_url is not None:
-            self._client = httpx.Client(timeout=self._scrape_timeout_s)
-            self._threads.append(
-                threading.Thread(target=self._scrape_loop, name="llmslo-metrics", daemon=True)
-            )
-        self._threads.append(
-            threading.Thread(target=self._sample_loop, name="llmslo-memory", daemon=True)
-        )
-        for thread in self._threads:
-            thread.start()
+            self._start_scraper()
+
+    def set_metrics_url(self, url: str | None) -> None:
+        """Where /metrics is, once known: a managed server's port is chosen while it starts,
+        after sampling (of its start-up memory) has begun."""
+        if url is None or self._metrics_url is not None or self._stopped_at is not None:
+            return
+        self._metrics_url = url
+        if self._started_at is not None:
+            self._start_scraper()
+
+    def _start_scraper(self) -> None:
+        self._client = httpx.Client(timeout=self._scrape_timeout_s)
+        scraper = threading.Thread(target=self._scrape_loop, name="llmslo-metrics", daemon=True)
+        self._threads.append(scraper)
+        scraper.start()
 
     def mark_load_start(self) -> LoadWindow:
         """Open a load window; snapshots /metrics counters first so the delta covers the load."""

@@ -1,0 +1,263 @@
+"""The plugin as users drive it: specs collected, objectives as tests, reports, options.
+
+The service under test is the project's timing instrument (a real HTTP server with exact timing
+and injectable faults) reached as an `external` backend, so these runs take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="module")
+def instrument() -> Iterator[TimingServerProcess]:
+    with serve_timing_server(ttft_ms=20, gap_ms=2, tokens=8) as server:
+        yield server
+
+
+@pytest.fixture
+def env(instrument: TimingServerProcess, monkeypatch: pytest.MonkeyPatch) -> TimingServerProcess:
+    monkeypatch.setenv("INSTRUMENT_URL", instrument.base_url)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    return instrument
+
+
+SPEC = """
+servers:
+  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
+datasets:
+  lines: {format: line_by_line, path: prompts.txt}
+scenarios:
+  chat-c2:
+    dataset: lines
+    load: {parallel: 2, requests: 6, max_tokens: 8}
+    slo:
+      ttft_p95: "%(ttft)s"
+      failure_rate: "<= 1%%"
+      output_throughput: ">= 1 tok/s"
+"""
+
+
+def write_spec(pytester: pytest.Pytester, ttft: str = "<= 2 s", name: str = "svc.yaml") -> Path:
+    pytester.makefile(".txt", prompts="hello there\nwhat is a token?\n你好\n")
+    spec = pytester.path / name
+    spec.write_text(SPEC % {"ttft": ttft}, encoding="utf-8")
+    return spec
+
+
+def test_help_lists_the_option_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "*LLM inference-service SLO testing*",
+            "*--slo=*",
+            "*--slo-report=*",
+            "*--slo-server-url=*",
+            "*--slo-max-requests=*",
+        ]
+    )
+
+
+def test_passing_spec_runs_each_objective_as_a_test(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    result = pytester.runpytest("--slo", str(spec), "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*svc.yaml::chat-c2[[]svc[]]::ttft_p95 PASSED*",
+            "*llmslo report*",
+            "*# LLM SLO report*",
+        ]
+    )
+    report = pytester.path / "llmslo-results" / "report.md"
+    text = report.read_text()
+    assert "chat-c2[svc] — PASS" in text and "| ttft_p95 |" in text
+    data = json.loads((report.parent / "results.json").read_text())
+    assert data["schema"] == "pytest-llmslo/results/v1"
+    scenario = data["scenarios"][0]
+    assert scenario["summary"]["requests"] == 6 and scenario["status"] == "PASS"
+    lines = (report.parent / "requests.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert all(json.loads(line)["first_content_at"] is not None for line in lines)
+
+
+def test_broken_objective_fails_exactly_that_item(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester, ttft="<= 0.001 ms")
+    result = pytester.runpytest("--slo", str(spec))
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*chat-c2[[]svc[]] on external*",
+            "*ttft_p95 = * ms, objective <= 0.001 ms: missed by*n=6*",
+            "*requests: 6 measured, 6 ok, 0 failed*",
+            "FAILED *svc.yaml::chat-c2[[]svc[]]::ttft_p95*",
+        ]
+    )
+
+
+def test_select_one_objective_with_k(pytester: pytest.Pytester, env: TimingServerProcess) -> None:
+    spec = write_spec(pytester)
+    result = pytester.runpytest("--slo", str(spec), "-k", "failure_rate")
+    result.assert_outcomes(passed=1, deselected=2)
+
+
+def test_spec_collected_automatically_by_name(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    write_spec(pytester, name="svc.slo.yaml")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3)
+
+
+def test_server_faults_are_reported_with_examples(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    pytester.makefile(".txt", prompts="hello\n")
+    spec = pytester.makefile(
+        ".yaml",
+        svc=SPEC.replace("max_tokens: 8}", "max_tokens: 8, extra_body: {x_fault: http_500}}")
+        % {"ttft": "<= 2 s"},
+    )
+    result = pytester.runpytest("--slo", str(spec))
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*failure_rate = 100*%, objective <= 1%*",
+            "*http_5xx x6: *500*",
+            "*not measurable*",
+        ]
+    )
+
+
+def test_junit_properties_and_github_summary(
+    pytester: pytest.Pytester, env: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    spec = write_spec(pytester)
+    result = pytester.runpytest("--slo", str(spec), "--junitxml=out.xml")
+    result.assert_outcomes(passed=3)
+    root = ET.parse(pytester.path / "out.xml").getroot()
+    case = next(c for c in root.iter("testcase") if "ttft_p95" in (c.get("name") or ""))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["slo_objective"] == "<= 2 s"
+    assert props["slo_passed"] == "true"
+    assert float(props["slo_measured"] or "nan") > 0
+    assert "chat-c2[svc]" in (props["slo_report"] or "")
+    assert "# LLM SLO report" in summary.read_text()
+
+
+def test_spec_errors_are_collection_errors_naming_file_and_line(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    spec.write_text(spec.read_text().replace("parallel: 2", "paralel: 2"))
+    result = pytester.runpytest("--slo", str(spec))
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        ["*svc.yaml:9: scenarios.chat-c2.load.paralel: unknown key*Did you mean 'parallel'?*"]
+    )
+
+
+def test_missing_spec_path_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--slo", "nope.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--slo path not found: nope.yaml*"])
+
+
+def test_header_shows_resolved_settings_and_their_sources(
+    pytester: pytest.Pytester, env: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = write_spec(pytester)
+    pytester.makeini("[pytest]\nslo_report = out/r.md\n")
+    monkeypatch.setenv("LLMSLO_MAX_REQUESTS", "2")
+    result = pytester.runpytest("--slo", str(spec), "-k", "failure_rate")
+    result.stdout.fnmatch_lines(
+        [
+            "llmslo: * report=out/r.md * max_requests=2",
+            "llmslo settings: slo_max_requests from $LLMSLO_MAX_REQUESTS, "
+            "slo_paths from --slo, slo_report from ini slo_report",
+        ]
+    )
+    data = json.loads((pytester.path / "out" / "results.json").read_text())
+    assert data["scenarios"][0]["summary"]["requests"] == 2
+
+
+def test_server_url_option_replaces_the_specs_servers(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    pytester.makefile(".txt", prompts="hello\n")
+    spec = pytester.makefile(
+        ".yaml",
+        svc="""
+servers:
+  vllm: {backend: vllm, model: /no/such/model}
+datasets:
+  lines: {format: line_by_line, path: prompts.txt}
+scenarios:
+  s:
+    dataset: lines
+    load: {parallel: 1, requests: 2}
+    slo: {failure_rate: "<= 0%"}
+""",
+    )
+    result = pytester.runpytest("--slo", str(spec), "--slo-server-url", env.base_url)
+    result.assert_outcomes(passed=1)
+
+
+def test_xdist_is_refused_with_advice(pytester: pytest.Pytester, env: TimingServerProcess) -> None:
+    spec = write_spec(pytester)
+    refused = pytester.runpytest_subprocess("--slo", str(spec), "-n", "2")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*cannot run under pytest-xdist*without -n*"])
+    # found by name on the workers rather than given with --slo: refused as well
+    write_spec(pytester, name="found.slo.yaml")
+    found = pytester.runpytest_subprocess("-n", "2", "-p", "no:randomly")
+    assert found.ret != pytest.ExitCode.OK
+    found.stdout.fnmatch_lines(["*cannot run under pytest-xdist*"])
+    assert not (pytester.path / "llmslo-results").exists()
+
+
+def test_hand_written_test_with_fixtures_and_marker(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    pytester.makepyfile(f"""
+        import pytest
+        from pytest_llmslo import Endpoint
+
+        ENDPOINT = Endpoint({env.base_url!r}, "timing", "external")
+
+        @pytest.mark.slo(ttft_p95="<= 2 s", failure_rate="<= 1%")
+        def test_meets(llmslo_run, llmslo_assert):
+            run = llmslo_run(ENDPOINT, ["hi", "there"], {{"parallel": 2, "requests": 4}})
+            assert run.summary.succeeded == 4
+            llmslo_assert(run)
+
+        def test_misses(llmslo_run, llmslo_assert):
+            run = llmslo_run(ENDPOINT, ["hi"], {{"parallel": 1, "requests": 2}})
+            llmslo_assert(run, {{"ttft_p95": "<= 0.001 ms"}})
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*AssertionError: ttft_p95 = * ms, objective <= 0.001 ms*"])
+
+
+def test_no_slo_options_leaves_normal_runs_alone(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    assert True\n")
+    pytester.makefile(".yaml", config="a: 1\n")  # not a spec: no --slo and not *.slo.yaml
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "llmslo-results").exists()
