@@ -17,6 +17,6 @@ def resolve_model(config: ServerConfig) -> ServerConfig:
     from pytest_llmslo.testing.tiny_model import build_tiny_model
 
     path = build_tiny_model()
-    return replace(
-        config, model=str(path), served_model_name=config.served_model_name or TINY_SERVED_NAME
-    )
+    # transformers serve answers only to the model path it was given; vLLM can take a short name
+    served = config.served_model_name or (TINY_SERVED_NAME if config.backend == "vllm" else None)
+    return replace(config, model=str(path), served_model_name=served)

@@ -615,3 +615,24 @@ def test_error_path_outside_the_working_directory(
         load_spec(spec_path, env={})
     assert str(excinfo.value).startswith(f"{spec_path}:9: oops: unknown key.")
     assert excinfo.value.path == spec_path
+
+
+def test_server_load_overrides_merge_over_the_scenario_load() -> None:
+    text = BASE.replace(
+        "  vllm: {backend: vllm, model: m}",
+        "  vllm: {backend: vllm, model: m}\n  hf: {backend: hf, model: m, skip_if_missing: true}",
+    )
+    spec = load(text + "    server_load: {hf: {requests: 1, max_tokens: 9}}\n")
+    scenario = spec.scenarios["s"]
+    assert scenario.load_for("vllm").requests == 2
+    hf_load = scenario.load_for("hf")
+    assert (hf_load.requests, hf_load.max_tokens, hf_load.parallel) == (1, 9, 1)
+    assert spec.servers["hf"].skip_if_missing and not spec.servers["vllm"].skip_if_missing
+
+
+def test_server_load_names_a_server_of_the_scenario() -> None:
+    err = error(BASE + "    servers: [vllm]\n    server_load: {hf: {requests: 1}}\n")
+    assert "server 'hf' does not run this scenario" in str(err)
+    assert err.line == 10
+    err = error(BASE + "    server_load: {vllm: {paralel: 1}}\n")
+    assert "Did you mean 'parallel'?" in str(err)
