@@ -1,0 +1,484 @@
+"""A minimal HTTP/1.1 client on asyncio protocols: timestamps every socket read, nothing more.
+
+The load engine measures time to first token and inter-token gaps from the moment bytes reach
+the process, so the work done per read is kept to a timestamp, chunked-encoding framing and an
+append; everything else (SSE splitting, JSON) happens after the response has ended. General
+clients (httpx, aiohttp) parse and dispatch per chunk through several layers and lag the socket
+by tens of milliseconds under 64 concurrent streams on two cores (docs/load-engine.md has the
+measurements). Only what OpenAI-compatible servers need is supported: one request at a time per
+connection, keep-alive, chunked or Content-Length bodies or read-until-close, http and https.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from time import monotonic
+from typing import cast
+from urllib.parse import urlsplit
+
+_HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE, _TRAILER, _DONE = range(6)
+_MAX_HEAD = 64 * 1024
+
+
+class ClientError(Exception):
+    """A request that did not get a complete response; ``kind`` is an ErrorCategory value."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where requests go: parsed once from an endpoint's base URL."""
+
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str  # any path of the base URL, without a trailing slash
+    host_header: str
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+
+def parse_base_url(base_url: str) -> Origin:
+    """Split ``scheme://host[:port][/prefix]``; a bad URL is an error that says how to fix it."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"endpoint base URL {base_url!r} is not an http(s) URL; "
+            "expected e.g. http://127.0.0.1:8000 (without /v1)"
+        )
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ValueError(f"endpoint base URL {base_url!r} has a bad port: {exc}") from None
+    prefix = parts.path.rstrip("/")
+    if prefix.endswith("/v1"):
+        prefix = prefix[: -len("/v1")]
+    return Origin(parts.scheme, parts.hostname, port, prefix, parts.netloc.rpartition("@")[2])
+
+
+class Exchange:
+    """One response as it arrives: status, headers, decoded body pieces and their arrival times."""
+
+    __slots__ = (
+        "_head",
+        "_left",
+        "_line",
+        "_skip",
+        "_state",
+        "_trailer",
+        "chunked",
+        "done",
+        "end_at",
+        "error",
+        "first_byte_at",
+        "headers",
+        "keep_alive",
+        "last_at",
+        "pieces",
+        "sent_at",
+        "status",
+        "times",
+    )
+
+    def __init__(self, done: asyncio.Future[None], sent_at: float) -> None:
+        self.done = done
+        self.sent_at = sent_at
+        self.last_at = sent_at
+        self.first_byte_at: float | None = None
+        self.end_at: float | None = None
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.pieces: list[bytes] = []  # the body as read (chunk framing kept), in arrival order
+        self.times: list[float] = []  # times[i]: when pieces[i] reached the process
+        self.chunked = False
+        self.keep_alive = True
+        self.error: ClientError | None = None
+        self._state = _HEAD
+        self._head = b""
+        self._line = b""
+        self._trailer = b""
+        self._skip = 0
+        self._left = 0
+
+    @property
+    def body(self) -> bytes:
+        return self.decoded()[0]
+
+    def decoded(self) -> tuple[bytes, list[int]]:
+        """The body without chunk framing, and where each read ends in it (for arrival times).
+
+        ``ends[i]`` is the length of body decoded from reads ``0..i``, so the read that
+        delivered body byte ``k`` is the first ``i`` with ``ends[i] > k``.
+        """
+        raw = b"".join(self.pieces)
+        if not self.chunked:
+            ends = []
+            total = 0
+            for piece in self.pieces:
+                total += len(piece)
+                ends.append(total)
+            return raw, ends
+        spans = _chunk_spans(raw)
+        body = b"".join(raw[start : start + size] for start, size in spans)
+        ends = []
+        read_end = 0
+        decoded = 0  # body bytes in the spans that lie wholly before read_end
+        span = 0
+        for piece in self.pieces:
+            read_end += len(piece)
+            while span < len(spans) and spans[span][0] + spans[span][1] <= read_end:
+                decoded += spans[span][1]
+                span += 1
+            partial = 0
+            if span < len(spans) and spans[span][0] < read_end:
+                partial = read_end - spans[span][0]
+            ends.append(decoded + partial)
+        return body, ends
+
+    @property
+    def finished(self) -> bool:
+        return self.done.done()
+
+    def feed(self, t: float, data: bytes) -> None:
+        """Take one socket read that arrived at ``t``; this is the hot path."""
+        self.last_at = t
+        state = self._state
+        if state == _CHUNKED:
+            self._feed_chunked(t, data)
+        elif state == _HEAD:
+            self._feed_head(t, data)
+        elif state == _LENGTH:
+            self.pieces.append(data)
+            self.times.append(t)
+            self._left -= len(data)
+            if self._left <= 0:
+                if self._left < 0:
+                    self.keep_alive = False  # bytes beyond the body: do not reuse
+                self._finish(t)
+        elif state == _UNTIL_CLOSE:
+            self.pieces.append(data)
+            self.times.append(t)
+        elif state == _TRAILER:
+            self._feed_trailer(t, data)
+        else:
+            self.keep_alive = False  # bytes after a complete response
+
+    def _feed_head(self, t: float, data: bytes) -> None:
+        if self.first_byte_at is None:
+            self.first_byte_at = t
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > _MAX_HEAD:
+                self.fail(ClientError("stream_broken", "response headers exceed 64 KiB"))
+            self._head = head
+            return
+        self._head = b""
+        lines = head[:end].decode("latin-1").split("\r\n")
+        status_line = lines[0].split(" ", 2)
+        try:
+            self.status = int(status_line[1])
+        except (IndexError, ValueError):
+            self.fail(ClientError("stream_broken", f"malformed status line {lines[0][:100]!r}"))
+            return
+        if 100 <= self.status < 200:
+            # an interim answer (100 Continue): the real one follows
+            self.status = 0
+            rest = head[end + 4 :]
+            if rest:
+                self._feed_head(t, rest)
+            return
+        headers = self.headers
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("connection", "").lower() == "close":
+            self.keep_alive = False
+        rest = head[end + 4 :]
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._state = _CHUNKED
+            self.chunked = True
+            if rest:
+                self._feed_chunked(t, rest)
+        elif "content-length" in headers:
+            try:
+                self._left = int(headers["content-length"])
+            except ValueError:
+                self.fail(ClientError("stream_broken", "malformed Content-Length header"))
+                return
+            self._state = _LENGTH
+            if self._left == 0:
+                self._finish(t)
+            elif rest:
+                self.feed(t, rest)
+        else:
+            self.keep_alive = False
+            self._state = _UNTIL_CLOSE
+            if rest:
+                self.feed(t, rest)
+
+    def _feed_chunked(self, t: float, data: bytes) -> None:
+        # Only the framing is followed here, to see where the response ends; the chunks are
+        # decoded once, after the end (decoded()). A read usually holds whole frames.
+        self.pieces.append(data)
+        self.times.append(t)
+        n = len(data)
+        pos = self._skip
+        if pos >= n:
+            self._skip = pos - n
+            return
+        line = self._line
+        while True:
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line = line + data[pos:]
+                self._skip = 0
+                if len(self._line) > 1024:
+                    self.fail(ClientError("stream_broken", "malformed chunked encoding"))
+                return
+            if line:
+                size_line = line + data[pos:newline]
+                line = b""
+            else:
+                size_line = data[pos:newline]
+            size = _chunk_size(size_line)
+            if size < 0:
+                self.fail(ClientError("stream_broken", f"malformed chunk size {size_line[:40]!r}"))
+                return
+            if size == 0:
+                self._line = b""
+                self._state = _TRAILER
+                self._feed_trailer(t, data[newline + 1 :], record=False)
+                return
+            pos = newline + 3 + size  # the size line's end, the data, its CRLF
+            if pos >= n:
+                self._line = b""
+                self._skip = pos - n
+                return
+
+    def _feed_trailer(self, t: float, data: bytes, record: bool = True) -> None:
+        if record:
+            self.pieces.append(data)
+            self.times.append(t)
+        trailer = self._trailer + data
+        if trailer.startswith(b"\r\n") or trailer.startswith(b"\n") or b"\r\n\r\n" in trailer:
+            self._trailer = b""
+            self._finish(t)
+        else:
+            self._trailer = trailer
+
+    def _finish(self, t: float) -> None:
+        self._state = _DONE
+        self.end_at = t
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, error: ClientError) -> None:
+        if self.done.done():
+            return
+        self.error = error
+        self.keep_alive = False
+        self.end_at = monotonic()
+        self.done.set_result(None)
+
+    def connection_lost(self) -> None:
+        if self._state == _UNTIL_CLOSE:
+            self._finish(monotonic())
+            return
+        received = sum(len(p) for p in self.pieces)  # framing included: a rough figure
+        where = "before the response" if self._state == _HEAD else f"after {received} body bytes"
+        self.fail(ClientError("stream_broken", f"server closed the connection {where}"))
+
+
+def _chunk_size(line: bytes) -> int:
+    try:
+        return int(line, 16)
+    except ValueError:
+        pass
+    try:
+        return int(line.split(b";", 1)[0], 16)  # a chunk extension, which nobody uses
+    except ValueError:
+        return -1
+
+
+def _chunk_spans(raw: bytes) -> list[tuple[int, int]]:
+    """``(start, size)`` of every chunk's data in a chunked body, up to the last chunk."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while True:
+        newline = raw.find(b"\n", pos)
+        if newline < 0:
+            return spans
+        size = _chunk_size(raw[pos:newline])
+        if size <= 0:
+            return spans
+        start = newline + 1
+        spans.append((start, min(size, len(raw) - start)))
+        pos = start + size + 2
+
+
+_READ_BUFFER = 64 * 1024
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection carrying one exchange at a time.
+
+    A buffered protocol: the transport reads into one buffer kept for the connection's life,
+    where a plain protocol would have a fresh 256 KiB buffer allocated for every read (and
+    shrunk after) - the costliest part of a read when thousands of small reads come a second.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.used = 0  # exchanges completed on it
+        self._exchange: Exchange | None = None
+        self._buffer = memoryview(bytearray(_READ_BUFFER))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        t = monotonic()
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.feed(t, self._buffer[:nbytes].tobytes())
+        else:
+            self.closed = True  # unsolicited bytes: the connection's state is unknown
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.connection_lost()
+
+    def start(self, payload: bytes, done: asyncio.Future[None]) -> Exchange:
+        """Write ``payload`` and return the exchange that will receive the answer."""
+        assert self.transport is not None
+        exchange = Exchange(done, monotonic())
+        self._exchange = exchange
+        self.transport.write(payload)
+        return exchange
+
+    def detach(self) -> None:
+        self._exchange = None
+
+    def close(self) -> None:
+        self.closed = True
+        self._exchange = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionPool:
+    """The connections of one run to one origin, reused across requests, opened ahead of load."""
+
+    def __init__(self, origin: Origin, *, connect_timeout: float) -> None:
+        self.origin = origin
+        self.connect_timeout = connect_timeout
+        self._idle: list[Connection] = []
+        self._all: set[Connection] = set()
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if origin.tls else None
+        self.opened = 0
+
+    async def connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        origin = self.origin
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    Connection,
+                    origin.host,
+                    origin.port,
+                    ssl=self._ssl,
+                    server_hostname=origin.host if self._ssl else None,
+                ),
+                self.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise ClientError(
+                "timeout",
+                f"connect to {origin.host}:{origin.port} timed out after "
+                f"{self.connect_timeout:g} s",
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(
+                "connect", f"cannot connect to {origin.host}:{origin.port}: {exc}"
+            ) from None
+        self._all.add(conn)
+        self.opened += 1
+        return conn
+
+    async def prewarm(self, count: int) -> None:
+        """Open up to ``count`` idle connections now, so no measured request pays a handshake."""
+        want = count - len(self._idle)
+        if want <= 0:
+            return
+        results = await asyncio.gather(
+            *(self.connect() for _ in range(want)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Connection):
+                self._idle.append(result)
+            elif isinstance(result, BaseException) and not isinstance(result, ClientError):
+                raise result
+
+    async def acquire(self) -> tuple[Connection, bool]:
+        """An open connection and whether it was reused (a reused one may have gone stale)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn, True
+            self._all.discard(conn)
+        return await self.connect(), False
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        conn.detach()
+        if reusable and not conn.closed:
+            conn.used += 1
+            self._idle.append(conn)
+        else:
+            self.discard(conn)
+
+    def discard(self, conn: Connection) -> None:
+        conn.close()
+        self._all.discard(conn)
+
+    async def aclose(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+        # let connection_lost callbacks run so no transport outlives the loop
+        await asyncio.sleep(0)
+
+
+def build_request(
+    origin: Origin, method: str, path: str, body: bytes, headers: Mapping[str, str]
+) -> bytes:
+    """The bytes of one HTTP/1.1 request with a JSON body."""
+    lines = [
+        f"{method} {origin.path_prefix}{path} HTTP/1.1",
+        f"Host: {origin.host_header}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "User-Agent: pytest-llmslo",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

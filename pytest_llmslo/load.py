@@ -1,0 +1,824 @@
+"""The load engine: sends prompts to an OpenAI-compatible endpoint and records every request.
+
+Closed loop (``parallel`` users, each sending its next prompt when the previous one ends) or open
+loop (``rate`` requests per second on a seeded arrival schedule, optionally capped at ``parallel``
+in flight). Warmup requests run first, at the same concurrency, and the measured phase starts when
+they have all ended, so the measured window holds measured requests only. A request never raises:
+its outcome, good or bad, is a RequestRecord. docs/load-engine.md explains the timing design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import json
+import math
+import re
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, replace
+from time import monotonic
+from typing import Any
+
+from pytest_llmslo.arrivals import arrival_offsets
+from pytest_llmslo.config import LoadConfig
+from pytest_llmslo.http_client import (
+    ClientError,
+    ConnectionPool,
+    Exchange,
+    Origin,
+    build_request,
+    parse_base_url,
+)
+from pytest_llmslo.records import Endpoint, ErrorCategory, Prompt, RequestRecord
+from pytest_llmslo.sse import iter_events
+
+CountTokens = Callable[[str], int]
+ShouldStop = Callable[[], "str | None"]
+
+_STOP_POLL_S = 0.05
+_EVENTS_PER_SLICE = 64  # parsing yields to the loop this often so other streams keep their stamps
+_ERROR_BODY_CHARS = 300
+_PREWARM_CAP = 256  # open loop without a cap: connections opened ahead of the first send
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Every request of one run and the measured window."""
+
+    records: list[RequestRecord]  # every request, warmup included (record.warmup flags it)
+    window_start: float  # time.monotonic(): first measured (non-warmup) send
+    window_end: float  # last measured end
+    config: LoadConfig
+    interrupted: str | None = None  # why the run stopped early; the records are kept
+
+    @property
+    def measured(self) -> list[RequestRecord]:
+        return [r for r in self.records if not r.warmup]
+
+
+def run_load(
+    endpoint: Endpoint,
+    prompts: Sequence[Prompt],
+    config: LoadConfig,
+    *,
+    count_tokens: CountTokens | None = None,
+    should_stop: ShouldStop | None = None,
+) -> LoadResult:
+    """Run one load test to completion (or interruption) and return every record."""
+    return asyncio.run(
+        run_load_async(
+            endpoint, prompts, config, count_tokens=count_tokens, should_stop=should_stop
+        )
+    )
+
+
+async def run_load_async(
+    endpoint: Endpoint,
+    prompts: Sequence[Prompt],
+    config: LoadConfig,
+    *,
+    count_tokens: CountTokens | None = None,
+    should_stop: ShouldStop | None = None,
+) -> LoadResult:
+    """Same as :func:`run_load`, inside a running event loop."""
+    check_load(config, prompts)
+    run = _Run(endpoint, prompts, config, count_tokens, should_stop)
+    return await run.execute()
+
+
+def check_load(config: LoadConfig, prompts: Sequence[Prompt]) -> None:
+    """Reject a configuration the engine cannot run, saying which field and how to fix it."""
+    if not prompts:
+        raise ValueError("no prompts to send: the dataset is empty after filtering and sampling")
+    if config.parallel is not None and config.parallel < 1:
+        raise ValueError(f"load.parallel must be >= 1, got {config.parallel}")
+    if config.rate is not None and not (config.rate > 0 and math.isfinite(config.rate)):
+        raise ValueError(f"load.rate must be a positive number of requests/s, got {config.rate}")
+    if config.requests is not None and config.requests < 0:
+        raise ValueError(f"load.requests must be >= 0, got {config.requests}")
+    if config.duration is not None and not config.duration > 0:
+        raise ValueError(f"load.duration must be > 0 seconds, got {config.duration}")
+    if config.warmup < 0:
+        raise ValueError(f"load.warmup must be >= 0, got {config.warmup}")
+    if config.api not in ("chat", "completions"):
+        raise ValueError(f"load.api must be 'chat' or 'completions', got {config.api!r}")
+    for name in ("connect_timeout", "read_timeout", "total_timeout"):
+        value = getattr(config, name)
+        if not value > 0:
+            raise ValueError(f"load.{name} must be > 0 seconds, got {value}")
+
+
+def request_body(endpoint: Endpoint, prompt: Prompt, config: LoadConfig) -> dict[str, Any]:
+    """The JSON body of one request; vLLM-only fields go to vLLM only (others answer 422)."""
+    body: dict[str, Any] = {"model": endpoint.model}
+    if config.api == "chat":
+        body["messages"] = prompt.as_messages()
+    else:
+        body["prompt"] = prompt.as_text()
+    if config.max_tokens is not None:
+        body["max_tokens"] = config.max_tokens
+    if config.temperature is not None:
+        body["temperature"] = config.temperature
+    if config.top_p is not None:
+        body["top_p"] = config.top_p
+    if config.stop:
+        body["stop"] = list(config.stop)
+    if config.request_seed:
+        body["seed"] = config.seed
+    body["stream"] = config.stream
+    if config.stream:
+        body["stream_options"] = {"include_usage": True}
+    if endpoint.backend == "vllm":
+        if config.ignore_eos is not None:
+            body["ignore_eos"] = config.ignore_eos
+        if config.min_tokens is not None:
+            body["min_tokens"] = config.min_tokens
+    body.update(config.extra_body)
+    return body
+
+
+def request_headers(endpoint: Endpoint, config: LoadConfig) -> dict[str, str]:
+    headers = {"Accept": "text/event-stream" if config.stream else "application/json"}
+    if endpoint.api_key:
+        headers["Authorization"] = f"Bearer {endpoint.api_key}"
+    headers.update(config.headers)
+    for name, value in headers.items():
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError(f"load.headers: header {name!r} contains a line break; remove it")
+    return headers
+
+
+class _Run:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        prompts: Sequence[Prompt],
+        config: LoadConfig,
+        count_tokens: CountTokens | None,
+        should_stop: ShouldStop | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.prompts = prompts
+        self.config = config
+        self.count_tokens = count_tokens
+        self.should_stop = should_stop
+        self.origin: Origin = parse_base_url(endpoint.base_url)
+        self.path = "/v1/chat/completions" if config.api == "chat" else "/v1/completions"
+        self.headers = request_headers(endpoint, config)
+        self.pool = ConnectionPool(self.origin, connect_timeout=config.connect_timeout)
+        self.records: list[RequestRecord] = []
+        self.interrupted: str | None = None
+        self.stopped = asyncio.Event()
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self._payloads: dict[int, bytes] = {}
+        self._completed: deque[tuple[dict[str, Any], Exchange, Prompt]] = deque()
+        self._wake_parser = asyncio.Event()
+        self._closing = False
+        self._index = itertools.count()
+
+    # -- orchestration ---------------------------------------------------------------------
+
+    async def execute(self) -> LoadResult:
+        loop = asyncio.get_running_loop()
+        restore = self._install_sigint(loop)
+        watcher = asyncio.create_task(self._watch())
+        parser = asyncio.create_task(self._parse_completed())
+        # objects that exist before the run are left out of garbage collection passes, which
+        # otherwise scan the whole heap (pytest's included) and stall the loop for milliseconds
+        gc.freeze()
+        start = monotonic()
+        measured_start = start
+        try:
+            await self._prewarm()
+            if self.config.warmup and not self.stopped.is_set():
+                await self._phase(warmup=True, count=self.config.warmup, duration=None)
+            measured_start = monotonic()
+            if not self.stopped.is_set():
+                count = self.config.requests
+                if count is None and self.config.duration is None:
+                    count = len(self.prompts)
+                await self._phase(warmup=False, count=count, duration=self.config.duration)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            try:
+                await self.pool.aclose()
+                self._closing = True
+                self._wake_parser.set()
+                await parser
+            finally:
+                gc.unfreeze()
+                restore()
+        records = sorted(self.records, key=lambda r: r.index)
+        records = self._count_missing_tokens(records)
+        measured = [r for r in records if not r.warmup]
+        if measured:
+            window_start = min(r.sent_at for r in measured)
+            window_end = max(r.end_at for r in measured)
+        else:
+            window_start = window_end = measured_start
+        return LoadResult(records, window_start, window_end, self.config, self.interrupted)
+
+    async def _parse_completed(self) -> None:
+        chat_config = self.config
+        while True:
+            if self._completed:
+                base, exchange, prompt = self._completed.popleft()
+                parser = _record(base, exchange, chat_config, prompt)
+                while True:
+                    try:
+                        next(parser)
+                    except StopIteration as done:
+                        self.records.append(done.value)
+                        break
+                    if not self._closing:
+                        await asyncio.sleep(0)
+                if not self._closing:
+                    await asyncio.sleep(0)
+            elif self._closing:
+                return
+            else:
+                self._wake_parser.clear()
+                await self._wake_parser.wait()
+
+    def stop(self, reason: str) -> None:
+        if self.stopped.is_set():
+            return
+        self.interrupted = reason
+        self.stopped.set()
+        for task in list(self.in_flight):
+            task.cancel(f"cancelled: {reason}")
+
+    def _install_sigint(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            loop.add_signal_handler(signal.SIGINT, self.stop, "KeyboardInterrupt")
+        except (NotImplementedError, RuntimeError, ValueError):
+            return lambda: None
+
+        def restore() -> None:
+            loop.remove_signal_handler(signal.SIGINT)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+        return restore
+
+    async def _watch(self) -> None:
+        if self.should_stop is None:
+            return
+        while not self.stopped.is_set():
+            reason = self.should_stop()
+            if reason:
+                self.stop(reason)
+                return
+            await asyncio.sleep(_STOP_POLL_S)
+
+    async def _prewarm(self) -> None:
+        config = self.config
+        total = config.warmup + (config.requests if config.requests is not None else 10**9)
+        if config.rate is None:
+            want = config.parallel or 1
+        elif config.parallel is not None:
+            want = config.parallel
+        else:
+            # enough for about two seconds of arrivals; more open on demand
+            want = min(_PREWARM_CAP, math.ceil(config.rate * 2))
+        want = min(want, total)
+        if want > 0:
+            with contextlib.suppress(ClientError):
+                await self.pool.prewarm(want)
+
+    async def _phase(self, *, warmup: bool, count: int | None, duration: float | None) -> None:
+        if count == 0:
+            return
+        deadline = monotonic() + duration if duration is not None else math.inf
+        if self.config.rate is None:
+            await self._closed_loop(warmup, count, deadline)
+        else:
+            await self._open_loop(warmup, count, deadline)
+
+    async def _closed_loop(self, warmup: bool, count: int | None, deadline: float) -> None:
+        sequence = itertools.count() if count is None else iter(range(count))
+
+        async def user() -> None:
+            for position in sequence:
+                if self.stopped.is_set() or monotonic() >= deadline:
+                    return
+                await self._one(next(self._index), position, warmup, None)
+
+        users = [asyncio.create_task(user()) for _ in range(self.config.parallel or 1)]
+        self.in_flight.update(users)
+        try:
+            outcomes = await asyncio.gather(*users, return_exceptions=True)
+        finally:
+            self.in_flight.difference_update(users)
+        _raise_bug(outcomes)
+
+    async def _open_loop(self, warmup: bool, count: int | None, deadline: float) -> None:
+        config = self.config
+        assert config.rate is not None
+        cap = asyncio.Semaphore(config.parallel) if config.parallel is not None else None
+        # warmup and measured phases draw from differently seeded schedules
+        offsets: Iterator[float] = arrival_offsets(
+            config.rate,
+            config.arrival,
+            burstiness=config.burstiness,
+            seed=config.seed + (1 if warmup else 0),
+        )
+        positions = itertools.count() if count is None else iter(range(count))
+        tasks: set[asyncio.Task[None]] = set()
+        start = monotonic()
+        for position, offset in zip(positions, offsets, strict=False):
+            scheduled = start + offset
+            if scheduled >= deadline or self.stopped.is_set():
+                break
+            delay = scheduled - monotonic()
+            if delay > 0 and await self._sleep_or_stop(delay):
+                break
+            if cap is not None:
+                await cap.acquire()
+                if self.stopped.is_set():
+                    cap.release()
+                    break
+            task = asyncio.create_task(
+                self._one(next(self._index), position, warmup, scheduled, cap)
+            )
+            tasks.add(task)
+            self.in_flight.add(task)
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(self.in_flight.discard)
+        if tasks:
+            _raise_bug(await asyncio.gather(*tasks, return_exceptions=True))
+
+    async def _sleep_or_stop(self, delay: float) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopped.wait(), delay)
+        return self.stopped.is_set()
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _payload(self, prompt_index: int) -> bytes:
+        payload = self._payloads.get(prompt_index)
+        if payload is None:
+            body = request_body(self.endpoint, self.prompts[prompt_index], self.config)
+            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            payload = build_request(self.origin, "POST", self.path, data, self.headers)
+            self._payloads[prompt_index] = payload
+        return payload
+
+    async def _one(
+        self,
+        index: int,
+        position: int,
+        warmup: bool,
+        scheduled_at: float | None,
+        cap: asyncio.Semaphore | None = None,
+    ) -> None:
+        prompt_index = position % len(self.prompts)
+        base: dict[str, Any] = {
+            "index": index,
+            "prompt_index": prompt_index,
+            "warmup": warmup,
+            "scheduled_at": scheduled_at,
+            "server": "",
+        }
+        prompt = self.prompts[prompt_index]
+        chat = self.config.api == "chat"
+        slot = _Slot()
+        try:
+            exchange = await self._exchange(self._payload(prompt_index), slot)
+            # parsing waits for the parser task, so that a burst of responses ending together
+            # cannot hold the loop while other streams' chunks wait for their timestamps
+            self._completed.append((base, exchange, prompt))
+            self._wake_parser.set()
+            return
+        except ClientError as exc:
+            now = monotonic()
+            record = RequestRecord(
+                **base,
+                sent_at=now,
+                end_at=now,
+                error=ErrorCategory(exc.kind),
+                error_message=str(exc),
+            )
+        except asyncio.CancelledError:
+            self.records.append(_cancelled(base, slot.exchange, self.interrupted, chat))
+            raise
+        finally:
+            if cap is not None:
+                cap.release()
+        self.records.append(record)
+
+    async def _exchange(self, payload: bytes, slot: _Slot) -> Exchange:
+        """Send one request and wait for its whole answer, reconnecting once for a stale socket."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        for attempt in (0, 1):
+            conn, reused = await self.pool.acquire()
+            done: asyncio.Future[None] = loop.create_future()
+            exchange = slot.exchange = conn.start(payload, done)
+            deadline = exchange.sent_at + config.total_timeout
+            timer = _Watchdog(loop, exchange, config.read_timeout, deadline)
+            try:
+                await done
+            except BaseException:
+                self.pool.discard(conn)
+                raise
+            finally:
+                timer.cancel()
+            stale = (
+                reused
+                and attempt == 0
+                and exchange.error is not None
+                and exchange.first_byte_at is None
+                and exchange.error.kind == "stream_broken"
+            )
+            self.pool.release(conn, exchange.error is None and exchange.keep_alive)
+            if not stale:
+                return exchange
+        raise AssertionError("unreachable")
+
+    def _count_missing_tokens(self, records: list[RequestRecord]) -> list[RequestRecord]:
+        # counting runs after the measured window, so a slow tokenizer cannot skew the timing
+        count = self.count_tokens
+        if count is None:
+            return records
+        out = []
+        for record in records:
+            changes: dict[str, Any] = {}
+            if record.output_tokens is None and record.ok:
+                text = record.output_text + str(record.extra.get("reasoning_text", ""))
+                changes["output_tokens"] = count(text)
+                changes["token_source"] = "tokenizer"
+            if record.input_tokens is None:
+                prompt = self.prompts[record.prompt_index]
+                changes["input_tokens"] = (
+                    prompt.input_tokens
+                    if prompt.input_tokens is not None
+                    else count(prompt.as_text())
+                )
+            out.append(replace(record, **changes) if changes else record)
+        return out
+
+
+def _raise_bug(outcomes: Sequence[object]) -> None:
+    # requests turn every failure into a record; anything else escaping one is a bug to show
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+
+
+class _Slot:
+    """The exchange a request is waiting on, so a cancelled request can keep what arrived."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self) -> None:
+        self.exchange: Exchange | None = None
+
+
+class _Watchdog:
+    """Read (longest silence) and total timeouts with one timer that rarely needs moving."""
+
+    __slots__ = ("_deadline", "_exchange", "_handle", "_loop", "_read_timeout")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        exchange: Exchange,
+        read_timeout: float,
+        deadline: float,
+    ) -> None:
+        self._loop = loop
+        self._exchange = exchange
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        self._handle = loop.call_at(min(exchange.sent_at + read_timeout, deadline), self._check)
+
+    def _check(self) -> None:
+        exchange = self._exchange
+        if exchange.finished:
+            return
+        now = self._loop.time()
+        silent_until = exchange.last_at + self._read_timeout
+        if now >= self._deadline:
+            exchange.fail(
+                ClientError(
+                    "timeout",
+                    f"total timeout: no complete answer after "
+                    f"{self._deadline - exchange.sent_at:g} s",
+                )
+            )
+        elif now >= silent_until:
+            exchange.fail(
+                ClientError("timeout", f"read timeout: server silent for {self._read_timeout:g} s")
+            )
+        else:
+            self._handle = self._loop.call_at(min(silent_until, self._deadline), self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+# -- turning a received answer into a record ----------------------------------------------
+
+
+def _record(
+    base: dict[str, Any], exchange: Exchange, config: LoadConfig, prompt: Prompt
+) -> Generator[None, None, RequestRecord]:
+    """Build the record of a finished exchange; yields now and then while parsing a long stream."""
+    try:
+        return (yield from _read(base, exchange, config, prompt))
+    except Exception as exc:  # an answer too odd to read is a failed request, not a crash
+        return _unreadable(base, exchange, exc)
+
+
+def _read(
+    base: dict[str, Any], exchange: Exchange, config: LoadConfig, prompt: Prompt
+) -> Generator[None, None, RequestRecord]:
+    error = exchange.error
+    end_at = exchange.end_at if exchange.end_at is not None else monotonic()
+    fields: dict[str, Any] = {
+        **base,
+        "sent_at": exchange.sent_at,
+        "end_at": end_at,
+        "http_status": exchange.status or None,
+    }
+    status = exchange.status
+    if error is None and not 200 <= status < 300:
+        text = exchange.body[:2000].decode("utf-8", "replace")
+        category = ErrorCategory.HTTP_5XX if status >= 500 else ErrorCategory.HTTP_4XX
+        return RequestRecord(
+            **fields,
+            error=category,
+            error_message=f"HTTP {status}: {text[:_ERROR_BODY_CHARS]}",
+        )
+    chat = config.api == "chat"
+    if config.stream and "json" not in exchange.headers.get("content-type", ""):
+        parsed = yield from _parse_stream(exchange, chat)
+    else:
+        parsed = _parse_json(exchange, chat)
+    fields.update(parsed.fields)
+    extra: dict[str, Any] = {}
+    if parsed.response_id:
+        extra["response_id"] = parsed.response_id
+    if parsed.reasoning:
+        extra["reasoning_text"] = parsed.reasoning
+    if error is not None:
+        return RequestRecord(
+            **fields, extra=extra, error=ErrorCategory(error.kind), error_message=str(error)
+        )
+    if parsed.error:
+        return RequestRecord(
+            **fields, extra=extra, error=ErrorCategory.STREAM_BROKEN, error_message=parsed.error
+        )
+    if not parsed.text and not parsed.reasoning:
+        return RequestRecord(
+            **fields,
+            extra=extra,
+            error=ErrorCategory.EMPTY_OUTPUT,
+            error_message=(
+                f"HTTP {status} answer carried no generated text "
+                f"(finish_reason={fields.get('finish_reason')!r})"
+            ),
+        )
+    if fields.get("input_tokens") is None and prompt.input_tokens is not None:
+        fields["input_tokens"] = prompt.input_tokens
+    return RequestRecord(**fields, extra=extra)
+
+
+@dataclass
+class _Parsed:
+    fields: dict[str, Any]
+    text: str = ""
+    reasoning: str = ""
+    response_id: str = ""
+    error: str = ""
+
+
+# Fast paths for what makes up almost all of a stream. A chunked body whose every frame holds
+# one whole single-line `data:` event (what vLLM and most servers send) is split without
+# decoding it frame by frame first; anything else takes the general path. A chunk whose delta
+# is nothing but content, with a null finish reason, gives its text to a regex instead of the
+# JSON decoder: quotes inside JSON strings are escaped, so the pattern only matches the
+# object's own structure, and the closing brace right after the text rules out reasoning and
+# tool calls in the same delta. Usage and errors come in chunks without content.
+_STRING = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
+_CHAT_TOKEN = re.compile(rb'"delta":\{"content":' + _STRING + rb"\}")
+_TEXT_TOKEN = re.compile(rb'"choices":\[\{"index":0,"text":' + _STRING)
+_NULL_FINISH = b'"finish_reason":null'
+
+
+def _stream_events(exchange: Exchange) -> tuple[list[tuple[int, bytes]], list[int]]:
+    """Every event as ``(end offset, data)``, and where each read ends, in the same offsets."""
+    if exchange.chunked:
+        raw = b"".join(exchange.pieces)
+        events = _framed_events(raw)
+        if events is not None:
+            ends = []
+            total = 0
+            for piece in exchange.pieces:
+                total += len(piece)
+                ends.append(total)
+            return events, ends
+    body, ends = exchange.decoded()
+    return [(end, data) for end, data, _name in iter_events(body)], ends
+
+
+def _framed_events(raw: bytes) -> list[tuple[int, bytes]] | None:
+    segments = raw.split(b"\n\n\r\n")  # an event's blank line, then the frame's CRLF
+    tail = segments.pop()
+    if tail and not tail.startswith(b"0\r\n"):
+        return None  # an unfinished frame: the stream broke or was cancelled
+    events = []
+    pos = 0
+    for segment in segments:
+        size_end = segment.find(b"\r\n")
+        if size_end < 0 or not segment.startswith(b"data: ", size_end + 2):
+            return None
+        try:
+            size = int(segment[:size_end], 16)
+        except ValueError:
+            return None
+        if size != len(segment) - size_end:  # the frame is this event and nothing else
+            return None
+        data = segment[size_end + 8 :]
+        if b"\n" in data or b"\r" in data:
+            return None
+        pos += len(segment) + 4
+        events.append((pos, data))
+    return events
+
+
+def _parse_stream(exchange: Exchange, chat: bool) -> Generator[None, None, _Parsed]:
+    events, ends = _stream_events(exchange)
+    times = exchange.times
+    last_piece = len(ends) - 1
+    piece = 0
+    token = (_CHAT_TOKEN if chat else _TEXT_TOKEN).search
+    first_chunk_at: float | None = None
+    content_times: list[float] = []
+    texts: list[str] = []
+    reasonings: list[str] = []
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    response_id = ""
+    error = ""
+    for count, (end, data) in enumerate(events, 1):
+        if count % _EVENTS_PER_SLICE == 0:
+            yield
+        # events come in body order, so the read that completed each one only moves forward
+        while piece < last_piece and ends[piece] < end:
+            piece += 1
+        at = times[piece]
+        if first_chunk_at is None:
+            first_chunk_at = at
+        elif _NULL_FINISH in data:
+            match = token(data)
+            if match is not None:
+                raw = match.group(1)
+                if raw:
+                    content_times.append(at)
+                    texts.append(
+                        json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode("utf-8")
+                    )
+                continue
+        if data == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            error = f"malformed SSE data: {data[:200]!r}"
+            break
+        if not isinstance(chunk, dict):
+            error = f"unexpected SSE data: {data[:200]!r}"
+            break
+        if chunk.get("error"):
+            error = f"server error event: {json.dumps(chunk['error'])[:_ERROR_BODY_CHARS]}"
+            break
+        if not response_id and chunk.get("id"):
+            response_id = str(chunk["id"])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        choices = chunk.get("choices") or ()
+        if not choices:
+            continue
+        choice = choices[0]
+        if chat:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or ""
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        else:
+            text = choice.get("text") or ""
+            reasoning = ""
+        if text or reasoning:
+            content_times.append(at)
+            if text:
+                texts.append(text)
+            if reasoning:
+                reasonings.append(reasoning)
+        if choice.get("finish_reason"):
+            finish_reason = choice["finish_reason"]
+    fields: dict[str, Any] = {
+        "first_chunk_at": first_chunk_at,
+        "first_content_at": content_times[0] if content_times else None,
+        "content_times": tuple(content_times),
+        "finish_reason": finish_reason,
+        "output_text": "".join(texts),
+    }
+    _usage_fields(fields, usage)
+    return _Parsed(fields, fields["output_text"], "".join(reasonings), response_id, error)
+
+
+def _parse_json(exchange: Exchange, chat: bool) -> _Parsed:
+    at = exchange.end_at
+    fields: dict[str, Any] = {"first_chunk_at": at}
+    try:
+        answer = json.loads(exchange.body)
+    except ValueError:
+        if exchange.error is not None:
+            return _Parsed(fields)
+        return _Parsed(fields, error=f"malformed JSON answer: {exchange.body[:200]!r}")
+    if not isinstance(answer, dict):
+        return _Parsed(fields, error=f"unexpected JSON answer: {exchange.body[:200]!r}")
+    choices = answer.get("choices") or ()
+    text = reasoning = ""
+    if choices:
+        choice = choices[0]
+        if chat:
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+        else:
+            text = choice.get("text") or ""
+        fields["finish_reason"] = choice.get("finish_reason")
+    if text or reasoning:
+        fields["first_content_at"] = at
+        fields["content_times"] = (at,)
+    fields["output_text"] = text
+    _usage_fields(fields, answer.get("usage"))
+    return _Parsed(fields, text, reasoning, str(answer.get("id") or ""))
+
+
+def _usage_fields(fields: dict[str, Any], usage: Any) -> None:
+    if not isinstance(usage, dict):
+        return
+    completion = usage.get("completion_tokens")
+    prompt = usage.get("prompt_tokens")
+    if isinstance(completion, int):
+        fields["output_tokens"] = completion
+        fields["token_source"] = "usage"
+    if isinstance(prompt, int):
+        fields["input_tokens"] = prompt
+
+
+def _unreadable(base: dict[str, Any], exchange: Exchange, exc: Exception) -> RequestRecord:
+    return RequestRecord(
+        **base,
+        sent_at=exchange.sent_at,
+        end_at=exchange.end_at if exchange.end_at is not None else monotonic(),
+        http_status=exchange.status or None,
+        error=ErrorCategory.STREAM_BROKEN,
+        error_message=f"unreadable answer ({type(exc).__name__}: {exc})",
+    )
+
+
+def _cancelled(
+    base: dict[str, Any], exchange: Exchange | None, reason: str | None, chat: bool
+) -> RequestRecord:
+    now = monotonic()
+    message = f"cancelled: {reason or 'run stopped'}"
+    if exchange is None:
+        return RequestRecord(
+            **base,
+            sent_at=now,
+            end_at=now,
+            error=ErrorCategory.STREAM_BROKEN,
+            error_message=message + " (before it was sent)",
+        )
+    fields: dict[str, Any] = {}
+    if exchange.pieces and "json" not in exchange.headers.get("content-type", ""):
+        parser = _parse_stream(exchange, chat)
+        while True:
+            try:
+                next(parser)
+            except StopIteration as done:
+                fields = done.value.fields
+                break
+    return RequestRecord(
+        **base,
+        **fields,
+        sent_at=exchange.sent_at,
+        end_at=now,
+        http_status=exchange.status or None,
+        error=ErrorCategory.STREAM_BROKEN,
+        error_message=message,
+    )

@@ -1,0 +1,549 @@
+"""A timing instrument: an OpenAI-compatible server whose token timing and faults are set exactly.
+
+It streams a role-only chunk at once, then ``tokens`` content chunks, the first ``ttft_ms`` after
+the request arrived and the rest ``gap_ms`` apart, and logs on ``time.monotonic_ns()`` when it
+received each request and wrote each event, so a client's timestamps can be checked against the
+moment the bytes left. Body fields override the defaults per request: ``x_ttft_ms``, ``x_gap_ms``,
+``x_tokens`` (else ``max_tokens``), ``x_no_usage`` and ``x_fault`` (see ``FAULTS``). Stdlib only
+and one asyncio loop, so it costs little CPU next to the client it measures.
+
+    python -m pytest_llmslo.testing.timing_server --port 0 --ttft-ms 200 --gap-ms 20 --tokens 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from pytest_llmslo.records import Endpoint
+
+FAULTS = {
+    "http_500": "answer HTTP 500 with a JSON error body",
+    "http_400": "answer HTTP 400 with a JSON error body (any http_NNN works)",
+    "close": "close the connection without answering",
+    "drop_mid_stream": "send half of the chunks, then close the connection",
+    "stall": "send the role chunk (streaming) or nothing, then stay silent",
+    "empty": "a 200 answer with no generated text",
+    "bad_json": "a malformed SSE data line after the first content chunk",
+    "error_event": "an SSE event carrying an `error` object mid-stream",
+}
+DEFAULT_MODEL = "timing-model"
+_DRAIN_ABOVE = 64 * 1024
+_ZERO_GAP_BURST = 16
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Defaults for every request; each can be overridden by a body field of the request."""
+
+    ttft_ms: float = 200.0
+    gap_ms: float = 20.0
+    tokens: int = 20
+    model: str = DEFAULT_MODEL
+
+
+@dataclass
+class _Entry:
+    id: str
+    path: str
+    received_ns: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    stream: bool = False
+    status: int = 200
+    fault: str | None = None
+    events_ns: list[int] = field(default_factory=list)  # every SSE event, role chunk first
+    content_ns: list[int] = field(default_factory=list)  # the content-bearing events only
+    end_ns: int = 0
+
+
+class TimingServer:
+    """The server itself; run it with ``await TimingServer(timing).serve(host, port)``."""
+
+    def __init__(self, timing: Timing, log_path: str | None = None) -> None:
+        self.timing = timing
+        self.log: list[dict[str, Any]] = []
+        self._log_file: TextIO | None = open(log_path, "a") if log_path else None  # noqa: SIM115
+        self._next_id = 0
+        self.port = 0
+
+    async def serve(self, host: str, port: int, ready: TextIO | None = None) -> None:
+        server = await asyncio.start_server(self._connection, host, port, backlog=1024)
+        self.port = server.sockets[0].getsockname()[1]
+        if ready is not None:
+            print(f"timing_server listening on http://{host}:{self.port}", file=ready, flush=True)
+        async with server:
+            await server.serve_forever()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                received_ns = time.monotonic_ns()
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = [*lines[0].split(" "), "", ""][:3]
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0") or 0)
+                raw = await reader.readexactly(length) if length else b""
+                keep = await self._dispatch(writer, method, path, headers, raw, received_ns)
+                if not keep or headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _dispatch(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        received_ns: int,
+    ) -> bool:
+        route = path.split("?", 1)[0]
+        if method == "GET" and route == "/health":
+            return await _send(writer, 200, b"ok", "text/plain")
+        if method == "GET" and route == "/v1/models":
+            models = {"object": "list", "data": [{"id": self.timing.model, "object": "model"}]}
+            return await _send(writer, 200, json.dumps(models).encode())
+        if method == "GET" and route == "/log":
+            lines = "".join(json.dumps(e) + "\n" for e in self.log)
+            if "clear=1" in path:
+                self.log.clear()
+            return await _send(writer, 200, lines.encode(), "application/x-ndjson")
+        if method == "POST" and route in ("/v1/chat/completions", "/v1/completions"):
+            try:
+                body = json.loads(raw or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("the body is not a JSON object")
+            except ValueError as exc:
+                return await _send(writer, 400, _error(f"bad JSON body: {exc}"))
+            return await self._complete(writer, route, headers, body, received_ns)
+        return await _send(writer, 404, _error(f"no route {method} {route}"))
+
+    async def _complete(
+        self,
+        writer: asyncio.StreamWriter,
+        route: str,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        received_ns: int,
+    ) -> bool:
+        self._next_id += 1
+        chat = route.endswith("chat/completions")
+        entry = _Entry(
+            id=f"{'chatcmpl' if chat else 'cmpl'}-{self._next_id}",
+            path=route,
+            received_ns=received_ns,
+            body=body,
+            headers=headers,
+            stream=bool(body.get("stream")),
+            fault=body.get("x_fault"),
+        )
+        try:
+            return await self._answer(writer, entry, chat, body)
+        finally:
+            entry.end_ns = time.monotonic_ns()
+            self._record(entry)
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, entry: _Entry, chat: bool, body: dict[str, Any]
+    ) -> bool:
+        timing = self.timing
+        ttft = float(body.get("x_ttft_ms", timing.ttft_ms)) / 1000
+        gap = float(body.get("x_gap_ms", timing.gap_ms)) / 1000
+        tokens = int(body.get("x_tokens") or body.get("max_tokens") or 0) or timing.tokens
+        if body.get("max_completion_tokens") and "x_tokens" not in body:
+            tokens = int(body["max_completion_tokens"])
+        fault = entry.fault
+        if fault is not None and fault not in FAULTS and not str(fault).startswith("http_"):
+            entry.status = 400
+            choices = ", ".join(FAULTS)
+            return await _send(writer, 400, _error(f"unknown x_fault {fault!r}; use {choices}"))
+        if fault and fault.startswith("http_"):
+            entry.status = int(fault[5:])
+            return await _send(writer, entry.status, _error(f"injected fault {fault}"))
+        if fault == "close":
+            return False
+        if fault == "empty":
+            tokens = 0
+        usage = not body.get("x_no_usage")
+        if not entry.stream:
+            return await self._answer_json(writer, entry, chat, ttft, gap, tokens, usage)
+        include_usage = usage and bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._answer_stream(writer, entry, chat, ttft, gap, tokens, include_usage)
+
+    async def _answer_json(
+        self,
+        writer: asyncio.StreamWriter,
+        entry: _Entry,
+        chat: bool,
+        ttft: float,
+        gap: float,
+        tokens: int,
+        usage: bool,
+    ) -> bool:
+        if entry.fault == "stall":
+            await _forever(writer)
+            return False
+        loop = asyncio.get_running_loop()
+        start = entry.received_ns / 1e9
+        delay = start + ttft + gap * max(tokens - 1, 0) - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        text = "".join(_token(i) for i in range(tokens))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if tokens else "stop"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        answer: dict[str, Any] = {
+            "id": entry.id,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.timing.model,
+            "choices": [choice],
+        }
+        if usage:
+            answer["usage"] = _usage(tokens)
+        entry.content_ns.append(time.monotonic_ns())
+        return await _send(writer, 200, json.dumps(answer).encode())
+
+    async def _answer_stream(
+        self,
+        writer: asyncio.StreamWriter,
+        entry: _Entry,
+        chat: bool,
+        ttft: float,
+        gap: float,
+        tokens: int,
+        usage: bool,
+    ) -> bool:
+        loop = asyncio.get_running_loop()
+        transport = writer.transport
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        head = {"id": entry.id, "created": int(time.time()), "model": self.timing.model}
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        prefix = _compact({**head, "object": kind})[:-1].encode()
+
+        def event(choice: dict[str, Any] | None, extra: str = "") -> bytes:
+            choices = "[]" if choice is None else "[" + _compact(choice) + "]"
+            data = prefix + b',"choices":' + choices.encode() + extra.encode() + b"}"
+            return _frame(b"data: " + data + b"\n\n")
+
+        # content chunks are built from a template: at zero delay the server must outrun the
+        # client it measures, and a JSON dump per chunk would make it the slower side
+        if chat:
+            choice = {"index": 0, "delta": {"content": "\0"}, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": "\0", "logprobs": None}
+        before, after = (
+            b"data: "
+            + prefix
+            + b',"choices":['
+            + _compact({**choice, "finish_reason": None}).encode()
+        ).split(b"\\u0000")
+        after += b"]}\n\n"
+
+        def content(i: int) -> bytes:
+            return _frame(before + _token(i).encode() + after)
+
+        events_ns = entry.events_ns
+        content_ns = entry.content_ns
+        if chat:
+            role = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "finish_reason": None,
+            }
+            events_ns.append(time.monotonic_ns())
+            transport.write(event(role))
+        if entry.fault == "stall":
+            await _forever(writer)
+            return False
+        start = entry.received_ns / 1e9
+        drop_after = tokens // 2 if entry.fault == "drop_mid_stream" else -1
+        if gap <= 0 and entry.fault is None:
+            if not await self._burst(writer, start + ttft, tokens, content, entry):
+                return False
+            tokens_left = 0
+        else:
+            tokens_left = tokens
+        for i in range(tokens_left):
+            if i == drop_after:
+                transport.abort()
+                return False
+            if gap > 0 or i == 0:
+                delay = start + ttft + gap * i - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if transport.is_closing():
+                return False
+            frame = content(i)
+            now = time.monotonic_ns()
+            events_ns.append(now)
+            content_ns.append(now)
+            transport.write(frame)
+            if i == 0 and entry.fault in ("bad_json", "error_event"):
+                bad = (
+                    _frame(b'data: {"choices": [\n\n')
+                    if entry.fault == "bad_json"
+                    else _frame(b'data: {"error": {"message": "injected", "code": 500}}\n\n')
+                )
+                events_ns.append(time.monotonic_ns())
+                transport.write(bad)
+            if transport.get_write_buffer_size() > _DRAIN_ABOVE:
+                await writer.drain()
+            elif gap <= 0:
+                await asyncio.sleep(0)
+        if chat:
+            final = {"index": 0, "delta": {}, "finish_reason": "length" if tokens else "stop"}
+        else:
+            final = {"index": 0, "text": "", "finish_reason": "length" if tokens else "stop"}
+        tail = [event(final)]
+        if usage:
+            tail.append(event(None, ',"usage":' + _compact(_usage(tokens))))
+        tail.append(_frame(b"data: [DONE]\n\n"))
+        for frame in tail:
+            events_ns.append(time.monotonic_ns())
+            transport.write(frame)
+        transport.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def _burst(
+        self,
+        writer: asyncio.StreamWriter,
+        first_at: float,
+        tokens: int,
+        content: Callable[[int], bytes],
+        entry: _Entry,
+    ) -> bool:
+        """Zero gap: chunks go out as fast as the client takes them, several per write.
+
+        Writing them one by one would make the server, not the client it loads, the slower
+        side; the bytes on the wire are the same either way.
+        """
+        loop = asyncio.get_running_loop()
+        transport = writer.transport
+        delay = first_at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for first in range(0, tokens, _ZERO_GAP_BURST):
+            if transport.is_closing():
+                return False
+            frames = [content(i) for i in range(first, min(first + _ZERO_GAP_BURST, tokens))]
+            now = time.monotonic_ns()
+            entry.events_ns.extend([now] * len(frames))
+            entry.content_ns.extend([now] * len(frames))
+            transport.write(b"".join(frames))
+            if transport.get_write_buffer_size() > _DRAIN_ABOVE:
+                await writer.drain()
+            else:
+                await asyncio.sleep(0)  # other streams get their turn
+        return True
+
+    def _record(self, entry: _Entry) -> None:
+        data = entry.__dict__.copy()
+        self.log.append(data)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(data) + "\n")
+            self._log_file.flush()
+
+
+def _compact(value: Any) -> str:
+    # the separators vLLM's chunks use, so clients see the same bytes they would from vLLM
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _token(i: int) -> str:
+    return f" t{i}"
+
+
+def _usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
+
+
+def _frame(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+
+
+async def _send(
+    writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json"
+) -> bool:
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+    writer.write(
+        f"HTTP/1.1 {status} {reason.get(status, 'Status')}\r\ncontent-type: {ctype}\r\n"
+        f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    return True
+
+
+async def _forever(writer: asyncio.StreamWriter) -> None:
+    # stay silent until the client gives up and closes the connection
+    while not writer.transport.is_closing():
+        await asyncio.sleep(0.05)
+        if writer.transport.get_extra_info("socket") is None:
+            return
+
+
+# -- running it as a separate process --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimingServerProcess:
+    """A running instrument subprocess."""
+
+    base_url: str
+    port: int
+    pid: int
+    log_path: str  # its stderr
+
+    def endpoint(self, backend: str = "external", model: str = DEFAULT_MODEL) -> Endpoint:
+        return Endpoint(base_url=self.base_url, model=model, backend=backend, pid=self.pid)
+
+    def fetch_log(self, clear: bool = False) -> list[dict[str, Any]]:
+        """Every request logged so far, oldest first."""
+        url = f"{self.base_url}/log" + ("?clear=1" if clear else "")
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            text = answer.read().decode()
+        return [json.loads(line) for line in text.splitlines() if line]
+
+
+@contextlib.contextmanager
+def serve_timing_server(
+    *,
+    ttft_ms: float = 200.0,
+    gap_ms: float = 20.0,
+    tokens: int = 20,
+    model: str = DEFAULT_MODEL,
+    cpu: int | None = None,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 30.0,
+) -> Iterator[TimingServerProcess]:
+    """Start the instrument in its own process group, wait until it answers, stop it after."""
+    command = [
+        sys.executable,
+        "-m",
+        "pytest_llmslo.testing.timing_server",
+        "--host",
+        host,
+        "--port",
+        "0",
+        "--ttft-ms",
+        str(ttft_ms),
+        "--gap-ms",
+        str(gap_ms),
+        "--tokens",
+        str(tokens),
+        "--model",
+        model,
+    ]
+    if cpu is not None:
+        command += ["--cpu", str(cpu)]
+    with tempfile.NamedTemporaryFile(
+        "w+b", prefix="timing-server-", suffix=".log", delete=False
+    ) as err:
+        log_path = err.name
+    with open(log_path, "wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        port = _wait_for_port(process, startup_timeout, log_path)
+        yield TimingServerProcess(f"http://{host}:{port}", port, process.pid, log_path)
+    finally:
+        _stop(process)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _wait_for_port(process: subprocess.Popen[bytes], timeout: float, log_path: str) -> int:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.1)
+        if ready:
+            line = process.stdout.readline().decode()
+            if "listening on" in line:
+                return int(line.rsplit(":", 1)[1])
+        if process.poll() is not None:
+            break
+    tail = Path(log_path).read_text(errors="replace")[-2000:]
+    raise RuntimeError(
+        f"timing server did not start within {timeout:g} s (exit code {process.poll()}); "
+        f"its log {log_path} ends with:\n{tail}"
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    parser.add_argument("--ttft-ms", type=float, default=200.0, help="first content delay")
+    parser.add_argument("--gap-ms", type=float, default=20.0, help="gap between content chunks")
+    parser.add_argument("--tokens", type=int, default=20, help="content chunks per answer")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--log", help="append one JSON line per request to this file")
+    parser.add_argument("--cpu", type=int, help="pin the server to this CPU core")
+    args = parser.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    timing = Timing(args.ttft_ms, args.gap_ms, args.tokens, args.model)
+    server = TimingServer(timing, args.log)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(args.host, args.port, sys.stdout))
+
+
+if __name__ == "__main__":
+    main()
