@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +27,10 @@ if str(ROOT) not in sys.path:
 from pytest_llmslo.config import LoadConfig  # noqa: E402
 from pytest_llmslo.load import run_load  # noqa: E402
 from pytest_llmslo.records import Endpoint, Prompt  # noqa: E402
-from pytest_llmslo.testing.timing_server import serve_timing_server  # noqa: E402
+from pytest_llmslo.testing.timing_server import (  # noqa: E402
+    TimingServerProcess,
+    serve_timing_server,
+)
 
 MODEL = "timing-model"
 
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=("ours", "vllm"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -63,11 +68,7 @@ def _compare(args: argparse.Namespace) -> int:
     with serve_timing_server(ttft_ms=0, gap_ms=0, tokens=args.tokens, cpu=server_cpu) as server:
         for _ in range(args.rounds):
             for name in ("ours", "vllm"):
-                before = _cpu_seconds(server.pid)
-                result = _run_worker(name, args, server.base_url, client_cpu, str(tokenizer))
-                # the server's work for warmup requests is scaled out like the client's
-                share = result["measured_share"]
-                result["server_cpu_seconds"] = (_cpu_seconds(server.pid) - before) * share
+                result = _run_worker(name, args, server, client_cpu, str(tokenizer))
                 results[name].append(result)
     best = {name: max(runs, key=lambda r: r["chunks_per_s"]) for name, runs in results.items()}
     print()
@@ -99,7 +100,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _run_worker(
-    name: str, args: argparse.Namespace, base_url: str, cpu: int, tokenizer: str
+    name: str, args: argparse.Namespace, server: TimingServerProcess, cpu: int, tokenizer: str
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -107,7 +108,9 @@ def _run_worker(
         "--worker",
         name,
         "--base-url",
-        base_url,
+        server.base_url,
+        "--server-pid",
+        str(server.pid),
         "--cpu",
         str(cpu),
         "--streams",
@@ -142,24 +145,24 @@ def _ours(args: argparse.Namespace) -> dict[str, Any]:
     endpoint = Endpoint(base_url=args.base_url, model=MODEL, backend="external")
     prompts = [Prompt(index=i, text=f"question {i}") for i in range(args.streams)]
     config = LoadConfig(
-        parallel=args.streams,
-        requests=args.requests,
-        warmup=args.streams,
-        max_tokens=args.tokens,
-        read_timeout=120,
+        parallel=args.streams, requests=args.requests, max_tokens=args.tokens, read_timeout=120
     )
+    # a warmup run first, as vLLM's client sends a test request; the measured run is timed
+    # from its call to its return, so it includes opening connections and the parsing that
+    # the engine leaves until each response has ended
+    run_load(endpoint, prompts, replace(config, requests=args.streams))
     cpu_before = time.process_time()
+    server_before = _cpu_seconds(args.server_pid)
+    wall_before = time.monotonic()
     result = run_load(endpoint, prompts, config)
+    seconds = time.monotonic() - wall_before
     cpu = time.process_time() - cpu_before
-    measured = [r for r in result.records if not r.warmup]
-    failed = [r for r in measured if not r.ok]
+    server_cpu = _cpu_seconds(args.server_pid) - server_before
+    failed = [r for r in result.records if not r.ok]
     if failed:
         raise RuntimeError(f"{len(failed)} requests failed, first: {failed[0].error_message}")
-    chunks = sum(len(r.content_times) for r in measured)
-    seconds = result.window_end - result.window_start
-    # the warmup ran in the same call: scale its CPU share out by request count
-    share = len(measured) / len(result.records)
-    return _result(chunks, seconds, cpu * share, share)
+    chunks = sum(len(r.content_times) for r in result.records)
+    return _result(chunks, seconds, cpu, server_cpu)
 
 
 def _vllm(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,16 +171,17 @@ def _vllm(args: argparse.Namespace) -> dict[str, Any]:
     # CPU time is taken from the start of its first measured request to the end of its last,
     # leaving out the imports, the tokenizer, the prompt generation, its one test request
     # before the run and the statistics after it
-    calls: list[tuple[float, float]] = []
+    calls: list[tuple[float, float, float, float]] = []  # client and server CPU, start and end
     funcs = cast(Any, serve).ASYNC_REQUEST_FUNCS
     request = funcs["openai-chat"]
 
     async def timed_request(*a: Any, **kw: Any) -> Any:
         start = time.process_time()
+        server_start = _cpu_seconds(args.server_pid)
         try:
             return await request(*a, **kw)
         finally:
-            calls.append((start, time.process_time()))
+            calls.append((start, time.process_time(), server_start, _cpu_seconds(args.server_pid)))
 
     funcs["openai-chat"] = timed_request
     with tempfile.TemporaryDirectory() as out:
@@ -221,13 +225,14 @@ def _vllm(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"vLLM's client completed {completed} of {args.requests} requests")
     chunks = int(saved["total_output_tokens"])  # the instrument sends one token per chunk
     measured = calls[1:]
-    cpu = max(end for _, end in measured) - min(start for start, _ in measured)
-    return _result(chunks, float(saved["duration"]), cpu, 1.0)
+    cpu = max(c[1] for c in measured) - min(c[0] for c in measured)
+    server_cpu = max(c[3] for c in measured) - min(c[2] for c in measured)
+    return _result(chunks, float(saved["duration"]), cpu, server_cpu)
 
 
-def _result(chunks: int, seconds: float, cpu_seconds: float, share: float) -> dict[str, Any]:
+def _result(chunks: int, seconds: float, cpu_seconds: float, server_cpu: float) -> dict[str, Any]:
     return {
-        "measured_share": share,
+        "server_cpu_seconds": server_cpu,
         "chunks": chunks,
         "seconds": seconds,
         "chunks_per_s": chunks / seconds,

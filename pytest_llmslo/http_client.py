@@ -79,6 +79,7 @@ class Exchange:
         "end_at",
         "error",
         "first_byte_at",
+        "frames",
         "headers",
         "keep_alive",
         "last_at",
@@ -99,6 +100,7 @@ class Exchange:
         self.pieces: list[bytes] = []  # the body as read (chunk framing kept), in arrival order
         self.times: list[float] = []  # times[i]: when pieces[i] reached the process
         self.chunked = False
+        self.frames = 0  # chunks of the chunked encoding seen so far
         self.keep_alive = True
         self.error: ClientError | None = None
         self._state = _HEAD
@@ -258,6 +260,7 @@ class Exchange:
                 self._state = _TRAILER
                 self._feed_trailer(t, data[newline + 1 :], record=False)
                 return
+            self.frames += 1
             pos = newline + 3 + size  # the size line's end, the data, its CRLF
             if pos >= n:
                 self._line = b""

@@ -21,8 +21,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import accumulate, chain, repeat
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 from pytest_llmslo.arrivals import arrival_offsets
 from pytest_llmslo.config import LoadConfig
@@ -604,115 +605,75 @@ class _Parsed:
     error: str = ""
 
 
-# Fast paths for what makes up almost all of a stream. A chunked body whose every frame holds
-# one whole single-line `data:` event (what vLLM and most servers send) is split without
-# decoding it frame by frame first; anything else takes the general path. A chunk whose delta
-# is nothing but content, with a null finish reason, gives its text to a regex instead of the
-# JSON decoder: quotes inside JSON strings are escaped, so the pattern only matches the
-# object's own structure, and the closing brace right after the text rules out reasoning and
-# tool calls in the same delta. Usage and errors come in chunks without content.
+# Fast paths for what makes up almost all of a stream.
+#
+# A chunk whose delta is nothing but content, with a null finish reason, gives its text to a
+# regex instead of the JSON decoder. Quotes inside JSON strings are escaped, so the pattern
+# only matches the object's own structure; the brace right after the text rules out reasoning
+# and tool calls in the same delta, and no bracket may come between it and the null finish
+# reason, so both belong to the same choice. Usage and errors come in chunks of their own.
 _STRING = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
-_CHAT_TOKEN = re.compile(rb'"delta":\{"content":' + _STRING + rb"\}")
-_TEXT_TOKEN = re.compile(rb'"choices":\[\{"index":0,"text":' + _STRING)
-_NULL_FINISH = b'"finish_reason":null'
+_PLAIN_CHAT = re.compile(rb'"delta":\{"content":' + _STRING + rb'\}[^{}\[\]]*"finish_reason":null')
+_PLAIN_TEXT = re.compile(
+    rb'"choices":\[\{"index":0,"text":' + _STRING + rb'[^{}\[\]]*"finish_reason":null'
+)
+# A chunked body whose every frame holds one whole single-line `data:` event (what vLLM and
+# most servers send) is split on the frame ends at once, with no per-frame decoding.
+_FRAME_END = b"\n\n\r\n"  # an event's blank line, then the frame's CRLF
+_DATA_LINE = b"\r\ndata: "
 
 
-def _stream_events(exchange: Exchange) -> tuple[list[tuple[int, bytes]], list[int]]:
-    """Every event as ``(end offset, data)``, and where each read ends, in the same offsets."""
-    if exchange.chunked:
-        raw = b"".join(exchange.pieces)
-        events = _framed_events(raw)
-        if events is not None:
-            ends = []
-            total = 0
-            for piece in exchange.pieces:
-                total += len(piece)
-                ends.append(total)
-            return events, ends
-    body, ends = exchange.decoded()
-    return [(end, data) for end, data, _name in iter_events(body)], ends
+class _StreamState:
+    """What a stream's events add up to, fed in order."""
 
+    __slots__ = (
+        "chat",
+        "content_times",
+        "error",
+        "finish_reason",
+        "first_chunk_at",
+        "reasonings",
+        "response_id",
+        "texts",
+        "usage",
+    )
 
-def _framed_events(raw: bytes) -> list[tuple[int, bytes]] | None:
-    segments = raw.split(b"\n\n\r\n")  # an event's blank line, then the frame's CRLF
-    tail = segments.pop()
-    if tail and not tail.startswith(b"0\r\n"):
-        return None  # an unfinished frame: the stream broke or was cancelled
-    events = []
-    pos = 0
-    for segment in segments:
-        size_end = segment.find(b"\r\n")
-        if size_end < 0 or not segment.startswith(b"data: ", size_end + 2):
-            return None
-        try:
-            size = int(segment[:size_end], 16)
-        except ValueError:
-            return None
-        if size != len(segment) - size_end:  # the frame is this event and nothing else
-            return None
-        data = segment[size_end + 8 :]
-        if b"\n" in data or b"\r" in data:
-            return None
-        pos += len(segment) + 4
-        events.append((pos, data))
-    return events
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.first_chunk_at: float | None = None
+        self.content_times: list[float] = []
+        self.texts: list[bytes | str] = []  # bytes: a JSON string body from the fast path
+        self.reasonings: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+        self.response_id = ""
+        self.error = ""
 
-
-def _parse_stream(exchange: Exchange, chat: bool) -> Generator[None, None, _Parsed]:
-    events, ends = _stream_events(exchange)
-    times = exchange.times
-    last_piece = len(ends) - 1
-    piece = 0
-    token = (_CHAT_TOKEN if chat else _TEXT_TOKEN).search
-    first_chunk_at: float | None = None
-    content_times: list[float] = []
-    texts: list[str] = []
-    reasonings: list[str] = []
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    response_id = ""
-    error = ""
-    for count, (end, data) in enumerate(events, 1):
-        if count % _EVENTS_PER_SLICE == 0:
-            yield
-        # events come in body order, so the read that completed each one only moves forward
-        while piece < last_piece and ends[piece] < end:
-            piece += 1
-        at = times[piece]
-        if first_chunk_at is None:
-            first_chunk_at = at
-        elif _NULL_FINISH in data:
-            match = token(data)
-            if match is not None:
-                raw = match.group(1)
-                if raw:
-                    content_times.append(at)
-                    texts.append(
-                        json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode("utf-8")
-                    )
-                continue
+    def event(self, at: float, data: bytes) -> bool:
+        """Take one event through the JSON decoder; False when the stream is broken."""
         if data == b"[DONE]":
-            continue
+            return True
         try:
             chunk = json.loads(data)
         except ValueError:
-            error = f"malformed SSE data: {data[:200]!r}"
-            break
+            self.error = f"malformed SSE data: {data[:200]!r}"
+            return False
         if not isinstance(chunk, dict):
-            error = f"unexpected SSE data: {data[:200]!r}"
-            break
+            self.error = f"unexpected SSE data: {data[:200]!r}"
+            return False
         if chunk.get("error"):
-            error = f"server error event: {json.dumps(chunk['error'])[:_ERROR_BODY_CHARS]}"
-            break
-        if not response_id and chunk.get("id"):
-            response_id = str(chunk["id"])
+            error = json.dumps(chunk["error"])[:_ERROR_BODY_CHARS]
+            self.error = f"server error event: {error}"
+            return False
+        if not self.response_id and chunk.get("id"):
+            self.response_id = str(chunk["id"])
         if chunk.get("usage"):
-            usage = chunk["usage"]
+            self.usage = chunk["usage"]
         choices = chunk.get("choices") or ()
         if not choices:
-            continue
+            return True
         choice = choices[0]
-        if chat:
+        if self.chat:
             delta = choice.get("delta") or {}
             text = delta.get("content") or ""
             reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
@@ -720,22 +681,119 @@ def _parse_stream(exchange: Exchange, chat: bool) -> Generator[None, None, _Pars
             text = choice.get("text") or ""
             reasoning = ""
         if text or reasoning:
-            content_times.append(at)
+            self.content_times.append(at)
             if text:
-                texts.append(text)
+                self.texts.append(text)
             if reasoning:
-                reasonings.append(reasoning)
+                self.reasonings.append(reasoning)
         if choice.get("finish_reason"):
-            finish_reason = choice["finish_reason"]
-    fields: dict[str, Any] = {
-        "first_chunk_at": first_chunk_at,
-        "first_content_at": content_times[0] if content_times else None,
-        "content_times": tuple(content_times),
-        "finish_reason": finish_reason,
-        "output_text": "".join(texts),
-    }
-    _usage_fields(fields, usage)
-    return _Parsed(fields, fields["output_text"], "".join(reasonings), response_id, error)
+            self.finish_reason = choice["finish_reason"]
+        return True
+
+    def parsed(self) -> _Parsed:
+        texts = self.texts
+        if all(isinstance(t, bytes) for t in texts):
+            joined = b"".join(cast(list[bytes], texts))
+            output = joined.decode("utf-8") if b"\\" not in joined else _strings(texts)
+        else:
+            output = _strings(texts)
+        times = self.content_times
+        fields: dict[str, Any] = {
+            "first_chunk_at": self.first_chunk_at,
+            "first_content_at": times[0] if times else None,
+            "content_times": tuple(times),
+            "finish_reason": self.finish_reason,
+            "output_text": output,
+        }
+        _usage_fields(fields, self.usage)
+        reasoning = "".join(self.reasonings)
+        return _Parsed(fields, output, reasoning, self.response_id, self.error)
+
+
+def _strings(texts: list[bytes | str]) -> str:
+    return "".join(
+        t if isinstance(t, str) else json.loads(b'"' + t + b'"') if b"\\" in t else t.decode()
+        for t in texts
+    )
+
+
+def _parse_stream(exchange: Exchange, chat: bool) -> Generator[None, None, _Parsed]:
+    state = _StreamState(chat)
+    if exchange.chunked and (yield from _bulk_stream(exchange, state)):
+        return state.parsed()
+    state = _StreamState(chat)
+    plain = (_PLAIN_CHAT if chat else _PLAIN_TEXT).search
+    body, ends = exchange.decoded()
+    times = exchange.times
+    last_piece = len(ends) - 1
+    piece = 0
+    for count, (end, data, _name) in enumerate(iter_events(body), 1):
+        if count % _EVENTS_PER_SLICE == 0:
+            yield
+        # events come in body order, so the read that completed each one only moves forward
+        while piece < last_piece and ends[piece] < end:
+            piece += 1
+        at = times[piece]
+        if state.first_chunk_at is None:
+            state.first_chunk_at = at
+        else:
+            match = plain(data)
+            if match is not None:
+                text = match.group(1)
+                if text:
+                    state.content_times.append(at)
+                    state.texts.append(text)
+                continue
+        if not state.event(at, data):
+            break
+    return state.parsed()
+
+
+def _bulk_stream(exchange: Exchange, state: _StreamState) -> Generator[None, None, bool]:
+    """Read a stream of one single-line event per frame with bulk operations; False if not one.
+
+    The reader followed the framing as it arrived and counted the frames. If splitting on
+    frame ends gives as many segments, and every segment holds exactly the one line break of
+    its size line followed by ``data: ``, then each segment is one frame holding one event.
+    """
+    pieces = exchange.pieces
+    raw = b"".join(pieces)
+    segments = raw.split(_FRAME_END)
+    tail = segments.pop()
+    count = len(segments)
+    if not count or count != exchange.frames or (tail and not tail.startswith(b"0\r\n")):
+        return False
+    if (
+        raw.count(b"\n") != 4 * count + tail.count(b"\n")
+        or raw.count(b"\r") != 2 * count + tail.count(b"\r")
+        or raw.count(_DATA_LINE) != count
+    ):
+        return False
+    # an event arrived with the read that held the last byte of its frame end
+    completed = []
+    previous = 0
+    for end in accumulate(map(len, pieces)):
+        completed.append(raw.count(_FRAME_END, max(previous - 3, 0), end))
+        previous = end
+    event_times = list(chain.from_iterable(map(repeat, exchange.times, completed)))
+    if len(event_times) != count:
+        return False
+    state.first_chunk_at = event_times[0]
+    plain = (_PLAIN_CHAT if state.chat else _PLAIN_TEXT).search
+    content_times = state.content_times
+    texts = state.texts
+    events = zip(event_times, segments, map(plain, segments), strict=True)
+    for index, (at, segment, match) in enumerate(events, 1):
+        if index % _EVENTS_PER_SLICE == 0:
+            yield
+        if match is not None:
+            text = match.group(1)
+            if text:
+                content_times.append(at)
+                texts.append(text)
+        elif not state.event(at, segment[segment.index(_DATA_LINE) + len(_DATA_LINE) :]):
+            break
+    return True
 
 
 def _parse_json(exchange: Exchange, chat: bool) -> _Parsed:

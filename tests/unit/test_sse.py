@@ -236,3 +236,26 @@ def test_an_answer_of_the_wrong_shape_is_a_failed_request_not_a_crash() -> None:
     record = _record(_feed(_stream(events), []))
     assert record.error == ErrorCategory.STREAM_BROKEN
     assert record.error_message.startswith("unreadable answer (AttributeError")
+
+
+def test_bulk_path_takes_one_event_per_frame_and_declines_anything_else() -> None:
+    def bulk(raw: bytes) -> bool:
+        parser = load._bulk_stream(_feed(raw, [len(HEAD) + 7]), load._StreamState(chat=True))
+        while True:
+            try:
+                next(parser)
+            except StopIteration as done:
+                return bool(done.value)
+
+    assert bulk(_stream(EVENTS))
+    event = _chunk("split")
+    split = HEAD + _frame(event[:30]) + _frame(event[30:]) + b"0\r\n\r\n"
+    assert not bulk(split)
+    two_in_one = HEAD + _frame(_chunk("a") + _chunk("b")) + b"0\r\n\r\n"
+    assert not bulk(two_in_one)
+    assert _record(_feed(two_in_one, [])).output_text == "ab"
+    multiline = HEAD + _frame(b"data: {\ndata: }\n\n") + b"0\r\n\r\n"
+    assert not bulk(multiline)
+    crlf = HEAD + _frame(_chunk("x").replace(b"\n\n", b"\r\n\r\n")) + b"0\r\n\r\n"
+    assert not bulk(crlf)
+    assert _record(_feed(crlf, [])).output_text == "x"
