@@ -345,6 +345,7 @@ class Connection(asyncio.BufferedProtocol):
         self.used = 0  # exchanges completed on it
         self._exchange: Exchange | None = None
         self._buffer = memoryview(bytearray(_READ_BUFFER))
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
@@ -367,6 +368,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
         exchange = self._exchange
         if exchange is not None:
             exchange.connection_lost()
@@ -386,7 +389,9 @@ class Connection(asyncio.BufferedProtocol):
         self.closed = True
         self._exchange = None
         if self.transport is not None:
-            self.transport.close()
+            # nothing is left to send or read: drop the socket now (a TLS close would wait
+            # for the peer's answer, and the run may end before it comes)
+            self.transport.abort()
 
 
 class ConnectionPool:
@@ -397,6 +402,7 @@ class ConnectionPool:
         self.connect_timeout = connect_timeout
         self._idle: list[Connection] = []
         self._all: set[Connection] = set()
+        self._closing: set[Connection] = set()  # discarded, until their sockets have closed
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if origin.tls else None
         self.opened = 0
 
@@ -462,14 +468,19 @@ class ConnectionPool:
     def discard(self, conn: Connection) -> None:
         conn.close()
         self._all.discard(conn)
+        if not conn.lost.done():
+            self._closing.add(conn)
 
     async def aclose(self) -> None:
-        for conn in list(self._all):
+        closing = list(self._all | self._closing)
+        for conn in closing:
             conn.close()
         self._all.clear()
         self._idle.clear()
-        # let connection_lost callbacks run so no transport outlives the loop
-        await asyncio.sleep(0)
+        self._closing.clear()
+        # wait until every socket is really closed, so none outlives the event loop
+        if closing:
+            await asyncio.wait([c.lost for c in closing], timeout=5)
 
 
 def build_request(

@@ -19,6 +19,7 @@ import json
 import os
 import select
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -81,11 +82,20 @@ class TimingServer:
         self._next_id = 0
         self.port = 0
 
-    async def serve(self, host: str, port: int, ready: TextIO | None = None) -> None:
-        server = await asyncio.start_server(self._connection, host, port, backlog=1024)
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        ready: TextIO | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        server = await asyncio.start_server(self._connection, host, port, backlog=1024, ssl=tls)
         self.port = server.sockets[0].getsockname()[1]
+        scheme = "https" if tls else "http"
         if ready is not None:
-            print(f"timing_server listening on http://{host}:{self.port}", file=ready, flush=True)
+            print(
+                f"timing_server listening on {scheme}://{host}:{self.port}", file=ready, flush=True
+            )
         async with server:
             await server.serve_forever()
 
@@ -430,6 +440,7 @@ class TimingServerProcess:
     port: int
     pid: int
     log_path: str  # its stderr
+    ca_file: str | None = None  # the certificate to trust when it serves https
 
     def endpoint(self, backend: str = "external", model: str = DEFAULT_MODEL) -> Endpoint:
         return Endpoint(base_url=self.base_url, model=model, backend=backend, pid=self.pid)
@@ -437,7 +448,8 @@ class TimingServerProcess:
     def fetch_log(self, clear: bool = False) -> list[dict[str, Any]]:
         """Every request logged so far, oldest first."""
         url = f"{self.base_url}/log" + ("?clear=1" if clear else "")
-        with urllib.request.urlopen(url, timeout=30) as answer:
+        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+        with urllib.request.urlopen(url, timeout=30, context=context) as answer:
             text = answer.read().decode()
         return [json.loads(line) for line in text.splitlines() if line]
 
@@ -451,6 +463,8 @@ def serve_timing_server(
     model: str = DEFAULT_MODEL,
     cpu: int | None = None,
     host: str = "127.0.0.1",
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     startup_timeout: float = 30.0,
 ) -> Iterator[TimingServerProcess]:
     """Start the instrument in its own process group, wait until it answers, stop it after."""
@@ -473,6 +487,8 @@ def serve_timing_server(
     ]
     if cpu is not None:
         command += ["--cpu", str(cpu)]
+    if tls_cert is not None:
+        command += ["--tls-cert", tls_cert] + (["--tls-key", tls_key] if tls_key else [])
     with tempfile.NamedTemporaryFile(
         "w+b", prefix="timing-server-", suffix=".log", delete=False
     ) as err:
@@ -487,7 +503,10 @@ def serve_timing_server(
         )
     try:
         port = _wait_for_port(process, startup_timeout, log_path)
-        yield TimingServerProcess(f"http://{host}:{port}", port, process.pid, log_path)
+        scheme = "https" if tls_cert else "http"
+        yield TimingServerProcess(
+            f"{scheme}://{host}:{port}", port, process.pid, log_path, tls_cert
+        )
     finally:
         _stop(process)
         if process.stdout is not None:
@@ -535,14 +554,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--log", help="append one JSON line per request to this file")
     parser.add_argument("--cpu", type=int, help="pin the server to this CPU core")
+    parser.add_argument("--tls-cert", help="serve https with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", help="its private key, if not in the certificate file")
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     timing = Timing(args.ttft_ms, args.gap_ms, args.tokens, args.model)
     server = TimingServer(timing, args.log)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    # the log is flushed per request, so nothing is lost by leaving at once; a clean asyncio
+    # shutdown would wait for clients that are mid-handshake or stalled on purpose
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(args.host, args.port, sys.stdout))
+        asyncio.run(server.serve(args.host, args.port, sys.stdout, tls))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,6 +228,34 @@ def test_https_to_a_plain_server_times_out_in_the_handshake(
     record = run_load(endpoint, PROMPTS, config).records[0]
     assert record.error == ErrorCategory.TIMEOUT
     assert "connect to 127.0.0.1" in record.error_message and "timed out" in record.error_message
+
+
+def test_https_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted through the default context
+    with serve_timing_server(
+        ttft_ms=5, gap_ms=1, tokens=3, tls_cert=str(cert), tls_key=str(key)
+    ) as server:
+        assert server.base_url.startswith("https://")
+        config = LoadConfig(parallel=2, requests=4, max_tokens=None)
+        result = run_load(server.endpoint(), PROMPTS, config)
+        assert all(r.ok and len(r.content_times) == 3 for r in result.records)
+        assert len(server.fetch_log()) == 4
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with serve_timing_server(tls_cert=str(cert), tls_key=str(key)) as server:
+        record = run_load(server.endpoint(), PROMPTS, LoadConfig(requests=1)).records[0]
+        assert record.error == ErrorCategory.CONNECT  # an untrusted certificate
+        assert "CERTIFICATE_VERIFY_FAILED" in record.error_message
 
 
 def test_tokens_are_counted_when_the_server_sends_no_usage(
