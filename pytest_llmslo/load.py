@@ -422,10 +422,14 @@ class _Run:
         """Send one request and wait for its whole answer, reconnecting once for a stale socket."""
         loop = asyncio.get_running_loop()
         config = self.config
+        # a request is sent when the client starts on it: opening a connection (the server must
+        # accept it) is part of its latency, as for a real user, and not dispatch lag
+        dispatched_at = monotonic()
         for attempt in (0, 1):
             conn, reused = await self.pool.acquire()
             done: asyncio.Future[None] = loop.create_future()
             exchange = slot.exchange = conn.start(payload, done)
+            exchange.sent_at = dispatched_at
             deadline = exchange.sent_at + config.total_timeout
             timer = _Watchdog(loop, exchange, config.read_timeout, deadline)
             try:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# pytester's in-process runs drop every module first imported inside them when they end. httpx
+# imports httpcore lazily and keeps a table of httpcore's exception classes: if that happened in an
+# inner run, later connection errors come from a re-imported httpcore and escape httpx's mapping
+# (an httpcore.ConnectError instead of httpx.ConnectError). Importing it here keeps one copy.
+import httpcore  # noqa: F401
 import pytest
 
 from pytest_llmslo.testing.tiny_model import build_tiny_model

@@ -161,7 +161,7 @@ class Telemetry:
         interval_s: float = 0.1,
         nvml: Any | None = None,
         nvidia_smi: str | None = "nvidia-smi",
-        metrics_interval_s: float = 0.5,
+        metrics_interval_s: float = 2.0,
         nvidia_smi_interval_s: float = 1.0,
         scrape_timeout_s: float = 5.0,
         pids_refresh_s: float = 1.0,
@@ -174,6 +174,8 @@ class Telemetry:
         self._interval_s = interval_s
         self._nvml = nvml
         self._nvidia_smi = nvidia_smi
+        # vLLM renders ~70 KB of /metrics per scrape; every 0.5 s that took enough of a small
+        # machine's CPU to delay the load generator's sends by hundreds of milliseconds
         self._metrics_interval_s = metrics_interval_s
         self._nvidia_smi_interval_s = nvidia_smi_interval_s
         self._scrape_timeout_s = scrape_timeout_s
