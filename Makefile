@@ -1,5 +1,5 @@
 # Each target first creates or reuses the virtualenv, so it is the only command a fresh machine needs.
-VENV ?= $(CURDIR)/.venv
+VENV ?= $(or $(LLMSLO_VENV),$(CURDIR)/.venv)
 export LLMSLO_VENV := $(VENV)
 
 .PHONY: demo test lint venv

@@ -10,6 +10,7 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -261,3 +262,56 @@ def test_no_slo_options_leaves_normal_runs_alone(pytester: pytest.Pytester) -> N
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "llmslo-results").exists()
+
+
+def test_servers_are_grouped_and_stopped_once_no_remaining_test_needs_them(
+    pytester: pytest.Pytester, env: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llmslo.session import SloSession
+
+    events: list[tuple[str, str]] = []
+    run, stop = SloSession.result, SloSession.stop_server
+
+    def result(self: SloSession, spec: Any, scenario: str, server: str) -> Any:
+        if (str(spec.path), scenario, server) not in self.results:
+            events.append(("run", f"{scenario}[{server}]"))
+        return run(self, spec, scenario, server)
+
+    def stop_server(self: SloSession, spec_path: str, name: str) -> None:
+        events.append(("stop", name))
+        stop(self, spec_path, name)
+
+    monkeypatch.setattr(SloSession, "result", result)
+    monkeypatch.setattr(SloSession, "stop_server", stop_server)
+    pytester.makefile(".txt", prompts="hello\n")
+    spec = pytester.makefile(
+        ".yaml",
+        two="""
+servers:
+  a: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
+  b: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
+datasets:
+  lines: {format: line_by_line, path: prompts.txt}
+defaults:
+  load: {parallel: 1, requests: 2}
+  slo: {failure_rate: "<= 0%"}
+scenarios:
+  first: {dataset: lines, servers: [a, b]}
+  second: {dataset: lines, servers: [a, b]}
+""",
+    )
+    result_ = pytester.runpytest("--slo", str(spec), "-v")
+    result_.assert_outcomes(passed=4)
+    # the spec interleaves the servers; tests run server by server, each stopped after its last
+    result_.stdout.fnmatch_lines(
+        [
+            "*first[[]a[]]::failure_rate PASSED*",
+            "*second[[]a[]]::failure_rate PASSED*",
+            "*first[[]b[]]::failure_rate PASSED*",
+            "*second[[]b[]]::failure_rate PASSED*",
+        ]
+    )
+    assert [e for e in events if e[0] == "stop"][:2] == [("stop", "a"), ("stop", "b")]
+    stop_a = events.index(("stop", "a"))
+    assert all(e[1].endswith("[a]") for e in events[:stop_a] if e[0] == "run")
+    assert all(e[1].endswith("[b]") for e in events[stop_a:] if e[0] == "run")
