@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,23 @@ def start_error(
     elif command is not None:
         parts.append("the server log is empty")
     return "\n".join(parts)
+
+
+def api_key_from_env(config: ServerConfig) -> str | None:
+    """The API key from the variable `config.api_key_env` names; unset is an error, not None."""
+    var = config.api_key_env
+    if not var:
+        return None
+    key = os.environ.get(var)
+    if key is None:
+        raise ServerStartError(
+            start_error(
+                config.name,
+                f"api_key_env names the environment variable {var!r}, which is not set",
+                hint=f"export {var}=<key>, or remove api_key_env from the server's config",
+            )
+        )
+    return key
 
 
 def missing_modules(modules: Sequence[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import ClassVar
 
@@ -11,6 +10,7 @@ from pytest_llmslo.records import Endpoint
 from pytest_llmslo.servers.base import (
     LOG_TAIL_LINES,
     ServerStartError,
+    api_key_from_env,
     has_prometheus_metrics,
     start_error,
     wait_ready,
@@ -52,19 +52,7 @@ class ExternalServer:
         return self._endpoint
 
     def api_key(self) -> str | None:
-        var = self.config.api_key_env
-        if not var:
-            return None
-        key = os.environ.get(var)
-        if key is None:
-            raise ServerStartError(
-                start_error(
-                    self.config.name,
-                    f"api_key_env names the environment variable {var!r}, which is not set",
-                    hint=f"export {var}=<key>, or remove api_key_env from the server's config",
-                )
-            )
-        return key
+        return api_key_from_env(self.config)
 
     def start(self) -> Endpoint:
         api_key = self.api_key()

@@ -22,6 +22,7 @@ from pytest_llmslo.servers.base import (
     BackendMissingError,
     PortInUseError,
     ServerStartError,
+    api_key_from_env,
     connect_host,
     free_port,
     missing_modules,
@@ -223,19 +224,7 @@ class ManagedServer:
         return list(self._command)
 
     def api_key(self) -> str | None:
-        var = self.config.api_key_env
-        if not var:
-            return None
-        key = os.environ.get(var)
-        if key is None:
-            raise ServerStartError(
-                start_error(
-                    self.config.name,
-                    f"api_key_env names the environment variable {var!r}, which is not set",
-                    hint=f"export {var}=<key>, or remove api_key_env from the server's config",
-                )
-            )
-        return key
+        return api_key_from_env(self.config)
 
     def start(self) -> Endpoint:
         with self._lock:
