@@ -30,6 +30,7 @@ from pytest_llmslo.tokens import Tokenizer, load_tokenizer
 
 ServerKey = tuple[str, str]  # (spec path, server name)
 STEADY_SETTLE_S = 0.5
+INTERRUPTED_BY_USER = "KeyboardInterrupt"  # LoadResult.interrupted after Ctrl-C
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ScenarioResult:
 
 
 @dataclass
-class _ManagedServer:
+class _ServerState:
     server: Server
     telemetry: Telemetry | None = None
     endpoint: Endpoint | None = None
@@ -85,7 +86,7 @@ class SloSession:
         self.api_key_env = api_key_env
         self.request_limit = request_limit
         self.results: dict[tuple[str, str, str], ScenarioResult] = {}
-        self._servers: dict[ServerKey, _ManagedServer] = {}
+        self._servers: dict[ServerKey, _ServerState] = {}
         self._prompts: dict[tuple[str, str, str], list[Prompt] | DatasetError] = {}
         self._tokenizers: dict[str, Tokenizer | None] = {}
 
@@ -95,24 +96,22 @@ class SloSession:
         cfg = spec.servers[name]
         if not self.server_url:
             return resolve_model(cfg)
-        if self.server_url:
-            # --slo-server-url: the spec's workload and objectives against a running service
-            cfg = ServerConfig(
-                name=cfg.name,
-                backend="external",
-                model=cfg.served_model_name or "",
-                base_url=self.server_url,
-                api_key_env=self.api_key_env or cfg.api_key_env,
-            )
-        return cfg
+        # --slo-server-url: the spec's workload and objectives against a running service
+        return ServerConfig(
+            name=cfg.name,
+            backend="external",
+            model=cfg.served_model_name or "",
+            base_url=self.server_url,
+            api_key_env=self.api_key_env or cfg.api_key_env,
+        )
 
-    def _server(self, spec: Spec, cfg: ServerConfig) -> _ManagedServer:
+    def _server(self, spec: Spec, cfg: ServerConfig) -> _ServerState:
         key = (str(spec.path), cfg.name)
         managed = self._servers.get(key)
         if managed is not None:
             return managed
         server = make_server(cfg, log_dir=self.output_dir / "logs")
-        managed = _ManagedServer(server)
+        managed = _ServerState(server)
         self._servers[key] = managed
         # sampling starts before the server so that its start-up memory peak is seen
         managed.telemetry = Telemetry(server.pids, metrics_url=None)
@@ -169,7 +168,10 @@ class SloSession:
     def result(self, spec: Spec, scenario_name: str, server_name: str) -> ScenarioResult:
         key = (str(spec.path), scenario_name, server_name)
         if key not in self.results:
-            self.results[key] = self._run(spec, spec.scenarios[scenario_name], server_name)
+            res = self.results[key] = self._run(spec, spec.scenarios[scenario_name], server_name)
+            if res.interrupted == INTERRUPTED_BY_USER:
+                # the engine caught Ctrl-C to keep its records; the person meant the whole run
+                raise KeyboardInterrupt(f"{res.id}: {res.interrupted}")
         return self.results[key]
 
     def _run(self, spec: Spec, scenario: Scenario, server_name: str) -> ScenarioResult:
@@ -268,7 +270,7 @@ class SloSession:
         return Measurement(value, n, reason)
 
 
-def _stop(managed: _ManagedServer) -> None:
+def _stop(managed: _ServerState) -> None:
     try:
         managed.server.stop()
     finally:

@@ -7,6 +7,10 @@ and injectable faults) reached as an `external` backend, so these runs take seco
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,3 +319,34 @@ scenarios:
     stop_a = events.index(("stop", "a"))
     assert all(e[1].endswith("[a]") for e in events[:stop_a] if e[0] == "run")
     assert all(e[1].endswith("[b]") for e in events[stop_a:] if e[0] == "run")
+
+
+def test_ctrl_c_stops_the_run_and_keeps_what_was_measured(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    pytester.makefile(".txt", prompts="hello\n")
+    spec = pytester.makefile(
+        ".yaml",
+        long="""
+servers:
+  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
+datasets:
+  lines: {format: line_by_line, path: prompts.txt}
+scenarios:
+  endless: {dataset: lines, load: {parallel: 2, requests: 100000}, slo: {failure_rate: "<= 1%"}}
+  never: {dataset: lines, load: {parallel: 2, requests: 2}, slo: {failure_rate: "<= 1%"}}
+""",
+    )
+    proc = pytester.popen(
+        [sys.executable, "-m", "pytest", "--slo", str(spec), "-p", "no:cacheprovider"],
+        stdin=subprocess.DEVNULL,
+    )
+    results = pytester.path / "llmslo-results" / "results.json"
+    time.sleep(4)  # long enough for the load to be under way
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    data = json.loads(results.read_text())
+    [scenario] = data["scenarios"]  # the second scenario never started
+    assert scenario["scenario"] == "endless" and scenario["interrupted"] == "KeyboardInterrupt"
+    assert scenario["summary"]["succeeded"] > 0
