@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the project's virtualenv with the CPU serving stack, then prints its path.
-# Reused as long as pyproject.toml and this script are unchanged; LLMSLO_VENV moves it.
+# Reused as long as pyproject.toml, this script and the checkout's path are unchanged;
+# LLMSLO_VENV moves it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${LLMSLO_VENV:-$root/.venv}
 stamp="$venv/.llmslo-stamp"
-want=$(cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh" | sha256sum | cut -c1-16)
+# the checkout's path is part of the stamp: the package is installed editable from it
+want=$( (cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh"; echo "$root") | sha256sum | cut -c1-16)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up $venv (first run takes about 5 minutes: vLLM's CPU build is large)" >&2
   python3 -m venv "$venv"
