@@ -69,11 +69,22 @@ def run_load(
     *,
     count_tokens: CountTokens | None = None,
     should_stop: ShouldStop | None = None,
+    on_measured_start: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Run one load test to completion (or interruption) and return every record."""
+    """Run one load test to completion (or interruption) and return every record.
+
+    ``on_measured_start`` is called once the warmup requests have all ended, just before the
+    first measured one is sent (nothing is in flight then, so it may block briefly): telemetry
+    uses it to leave warmup out of the server's /metrics counters.
+    """
     return asyncio.run(
         run_load_async(
-            endpoint, prompts, config, count_tokens=count_tokens, should_stop=should_stop
+            endpoint,
+            prompts,
+            config,
+            count_tokens=count_tokens,
+            should_stop=should_stop,
+            on_measured_start=on_measured_start,
         )
     )
 
@@ -85,10 +96,12 @@ async def run_load_async(
     *,
     count_tokens: CountTokens | None = None,
     should_stop: ShouldStop | None = None,
+    on_measured_start: Callable[[], None] | None = None,
 ) -> LoadResult:
     """Same as :func:`run_load`, inside a running event loop."""
     check_load(config, prompts)
     run = _Run(endpoint, prompts, config, count_tokens, should_stop)
+    run.on_measured_start = on_measured_start
     return await run.execute()
 
 
@@ -181,6 +194,7 @@ class _Run:
         self._wake_parser = asyncio.Event()
         self._closing = False
         self._index = itertools.count()
+        self.on_measured_start: Callable[[], None] | None = None
 
     # -- orchestration ---------------------------------------------------------------------
 
@@ -198,6 +212,8 @@ class _Run:
             await self._prewarm()
             if self.config.warmup and not self.stopped.is_set():
                 await self._phase(warmup=True, count=self.config.warmup, duration=None)
+            if self.on_measured_start is not None and not self.stopped.is_set():
+                self.on_measured_start()
             measured_start = monotonic()
             if not self.stopped.is_set():
                 count = self.config.requests

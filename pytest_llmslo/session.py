@@ -29,6 +29,17 @@ from pytest_llmslo.telemetry.measures import measure as telemetry_measure
 from pytest_llmslo.tokens import Tokenizer, load_tokenizer
 
 ServerKey = tuple[str, str]  # (spec path, server name)
+# measured on the server's own process tree or its start: meaningless for an external server
+SERVER_PROCESS_METRICS = frozenset(
+    {
+        "startup_time",
+        "gpu_memory_peak",
+        "gpu_memory_startup_peak",
+        "gpu_memory_load_peak",
+        "gpu_memory_steady",
+        "host_memory_peak",
+    }
+)
 STEADY_SETTLE_S = 0.5
 INTERRUPTED_BY_USER = "KeyboardInterrupt"  # LoadResult.interrupted after Ctrl-C
 
@@ -91,6 +102,24 @@ class SloSession:
         self._tokenizers: dict[str, Tokenizer | None] = {}
 
     # --- servers --------------------------------------------------------------------------------
+
+    def unmeasurable(self, spec: Spec, server_name: str, metric: str) -> str | None:
+        """Why `metric` cannot be measured on this server, known before anything runs, or None.
+
+        An external server was not started by this run and its processes are not ours: its
+        start-up time and memory would be the readiness probe's 40 ms and nothing, values that
+        would pass a ceiling they never measured.
+        """
+        if metric not in SERVER_PROCESS_METRICS:
+            return None
+        if not self.server_url and spec.servers[server_name].backend != "external":
+            return None
+        where = "--slo-server-url" if self.server_url else "backend: external"
+        return (
+            f"{metric} is not measurable on server {server_name!r} ({where}): this run did not "
+            "start that server and cannot see its processes; measure it on a server the plugin "
+            "starts (backend vllm or hf), or remove the objective for external servers"
+        )
 
     def server_config(self, spec: Spec, name: str) -> ServerConfig:
         cfg = spec.servers[name]
@@ -223,7 +252,12 @@ class SloSession:
 
         count: Callable[[str], int] | None = tokenizer.count if tokenizer is not None else None
         run = load_engine.run_load(
-            endpoint, prompts, load, count_tokens=count, should_stop=server_gone
+            endpoint,
+            prompts,
+            load,
+            count_tokens=count,
+            should_stop=server_gone,
+            on_measured_start=telemetry.mark_measured_start if telemetry else None,
         )
         if telemetry is not None and window is not None:
             telemetry.mark_load_end()
@@ -252,6 +286,10 @@ class SloSession:
     def _measure(self, res: ScenarioResult, metric: str) -> Measurement:
         if res.error and res.summary is None:
             return Measurement(math.nan, None, res.error)
+        if metric in SERVER_PROCESS_METRICS and res.server.backend == "external":
+            return Measurement(
+                math.nan, None, "not measurable: the server was not started by this run"
+            )
         if metric == "startup_time":
             s = res.endpoint.startup_seconds if res.endpoint else None
             if s is None:

@@ -16,13 +16,14 @@ _GPU: dict[str, Callable[[GpuMemory], int | None]] = {
     "gpu_memory_load_peak": lambda g: g.load_peak,
     "gpu_memory_steady": lambda g: g.steady,
 }
-_SERVER = (
+# gauges: a max or mean over in-window scrapes; counters: a delta over the measured window
+_GAUGES = (
     "kv_cache_usage_max",
     "kv_cache_usage_mean",
     "requests_running_max",
     "requests_waiting_max",
-    "preemptions",
 )
+_SERVER = (*_GAUGES, "preemptions")
 TELEMETRY_METRICS = (*_GPU, "host_memory_peak", *_SERVER)
 
 
@@ -44,6 +45,8 @@ def measure(report: TelemetryReport, metric: str) -> Value | None:
         sm = report.server_metrics
         if sm is None:
             return NAN, None, f"not measurable: /metrics {report.server_metrics_reason}"
+        if metric in _GAUGES and sm.gauge_reason is not None:
+            return NAN, sm.scrapes, f"not measurable: {sm.gauge_reason}"
         value = getattr(sm, metric)
         if value is None:
             return NAN, sm.scrapes, f"the server's /metrics has no series for {metric}"
@@ -89,7 +92,9 @@ def markdown_lines(report: TelemetryReport) -> list[str]:
             return f"{v:.1%}" if pct else f"{v:g}"
 
         out.append(
-            f"- server /metrics ({sm.scrapes} scrapes): KV-cache usage max "
+            f"- server /metrics ({sm.scrapes} in-window scrapes"
+            + (f"; {sm.gauge_reason}" if sm.gauge_reason else "")
+            + "): KV-cache usage max "
             f"{num(sm.kv_cache_usage_max, True)} (mean {num(sm.kv_cache_usage_mean, True)}), "
             f"running max {num(sm.requests_running_max)}, waiting max "
             f"{num(sm.requests_waiting_max)}, preemptions {num(sm.preemptions)}, "

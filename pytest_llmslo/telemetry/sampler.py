@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -18,6 +18,13 @@ from pytest_llmslo.telemetry.host import rss_unavailable_reason, tree_rss
 Series = tuple[tuple[float, int], ...]  # (time.monotonic(), bytes), in time order
 
 NOT_SERVED = "not served: the server has no /metrics endpoint (e.g. transformers serve)"
+# A max or mean of a /metrics gauge read from fewer in-window scrapes than this describes a
+# moment, not the load: such objectives are "not measurable" (docs/spec-reference.md says so).
+MIN_GAUGE_SCRAPES = 3
+# The first in-window scrape waits this long after the measured window opens (requests must be
+# in flight for a gauge to see them); later ones double the wait up to ``metrics_interval_s``,
+# so a short load still gets several scrapes and a long one costs the server little.
+FIRST_SCRAPE_DELAY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,13 @@ class GpuMemory:
 
 @dataclass(frozen=True)
 class ServerMetrics:
-    """What the server's own /metrics said during load.
+    """What the server's own /metrics said during the measured part of a load.
 
-    Gauges (KV-cache usage as a fraction 0..1, requests running/waiting) come from scrapes taken
-    during load; counters are deltas between the snapshots taken when load started and ended.
+    Gauges (KV-cache usage as a fraction 0..1, requests running/waiting) come from ``scrapes``
+    taken inside the measured window (warmup excluded), the last one when the window closed;
+    counters are deltas between the snapshots taken when the measured requests started (after
+    warmup) and when the load ended. ``gauge_reason`` is set when there were fewer than
+    ``MIN_GAUGE_SCRAPES`` scrapes: the gauges' max and mean are then not measurable.
     """
 
     kv_cache_usage_max: float | None
@@ -56,6 +66,7 @@ class ServerMetrics:
     raw_last: dict[str, float] = field(repr=False)
     scrapes: int = 0
     scrape_errors: int = 0
+    gauge_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,13 +95,23 @@ class TelemetryReport:
 
 @dataclass(frozen=True)
 class LoadWindow:
-    """One stretch of load on the server, with its /metrics snapshots ({} when not scraped)."""
+    """One stretch of load on the server, with its /metrics snapshots ({} when not scraped).
+
+    ``measured_start`` is when the measured requests began (after warmup; None until then, or
+    when the load engine does not say): /metrics gauges and counters cover only
+    [measured_start, end], memory covers the whole window.
+    """
 
     index: int
     start: float
     end: float | None
     counters_start: dict[str, float] = field(default_factory=dict)
     counters_end: dict[str, float] = field(default_factory=dict)
+    measured_start: float | None = None
+
+    @property
+    def metrics_start(self) -> float:
+        return self.measured_start if self.measured_start is not None else self.start
 
 
 @dataclass(frozen=True)
@@ -144,13 +165,17 @@ class Telemetry:
 
     One instance per server lifetime: ``start()`` when the server process starts, then any number
     of ``mark_load_start()``/``mark_load_end()`` pairs (one per scenario on a shared server), then
-    ``stop()``. ``window_report(window)`` gives one window's figures at any time; its steady level
-    is the last sample before the next window (or now), so asking later gives a settled value.
+    ``stop()``. ``mark_measured_start()`` inside a window says the warmup is over: /metrics
+    figures then cover the measured requests only. ``window_report(window)`` gives one window's
+    figures at any time; its steady level is the last sample before the next window (or now), so
+    asking later gives a settled value.
 
     ``pids()`` returns the server's live process tree (vLLM's memory is held by its EngineCore
     child, not the API server); it is called about once a second. Memory is sampled every
-    ``interval_s`` (nvidia-smi, a process spawn, every ``nvidia_smi_interval_s``); /metrics every
-    ``metrics_interval_s`` during load only. Times are ``time.monotonic()``, as in records.
+    ``interval_s`` (nvidia-smi, a process spawn, every ``nvidia_smi_interval_s``); /metrics during
+    load only: ``FIRST_SCRAPE_DELAY_S`` after the (measured) window opens, then at doubling
+    intervals up to ``metrics_interval_s``, and once more when the window closes. Times are
+    ``time.monotonic()``, as in records.
     """
 
     def __init__(
@@ -201,6 +226,8 @@ class Telemetry:
         self._windows: list[LoadWindow] = []
         self._scrapes: list[_Scrape] = []
         self._scrape_errors = 0
+        # bumped when a window or its measured part opens: the scraper restarts its schedule
+        self._scrape_epoch = 0
         self._scrape_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -250,8 +277,25 @@ class Telemetry:
         )
         with self._lock:
             self._windows.append(window)
+            self._scrape_epoch += 1
         self._load_open.set()
         return window
+
+    def mark_measured_start(self) -> None:
+        """The warmup of the open window is over: /metrics counters restart from a snapshot
+        taken now, and only gauge scrapes from now on count. Without an open window, nothing."""
+        snapshot = self._scrape()
+        now = time.monotonic()
+        with self._lock:
+            if not self._windows or self._windows[-1].end is not None:
+                return
+            last = self._windows[-1]
+            self._windows[-1] = replace(
+                last,
+                measured_start=now,
+                counters_start=snapshot.values if snapshot else last.counters_start,
+            )
+            self._scrape_epoch += 1
 
     def mark_load_end(self) -> LoadWindow:
         """Close the open load window (idle after it is its steady phase) and return it."""
@@ -262,15 +306,14 @@ class Telemetry:
             self._load_open.clear()
         snapshot = self._scrape()
         with self._lock:
-            window = self._windows[-1]
-            window = LoadWindow(
-                index=window.index,
-                start=window.start,
-                end=end,
-                counters_start=window.counters_start,
-                counters_end=snapshot.values if snapshot else {},
+            window = replace(
+                self._windows[-1], end=end, counters_end=snapshot.values if snapshot else {}
             )
             self._windows[-1] = window
+            if snapshot is not None:
+                # the closing scrape counts as the window's last gauge reading: a load shorter
+                # than the scrape interval is still seen at its end, never only at its start
+                self._scrapes.append(replace(snapshot, at=end))
         return window
 
     def stop(self) -> TelemetryReport:
@@ -282,10 +325,7 @@ class Telemetry:
                 self._stopped_at = time.monotonic()
                 with self._lock:
                     if self._windows and self._windows[-1].end is None:
-                        last = self._windows[-1]
-                        self._windows[-1] = LoadWindow(
-                            last.index, last.start, self._stopped_at, last.counters_start, {}
-                        )
+                        self._windows[-1] = replace(self._windows[-1], end=self._stopped_at)
                 self._load_open.clear()
                 self._stop_event.set()
                 for thread in self._threads:
@@ -449,7 +489,10 @@ class Telemetry:
             scrapes = [
                 s
                 for s in self._scrapes
-                if any(w.start <= s.at <= (w.end if w.end is not None else s.at) for w in windows)
+                if any(
+                    w.metrics_start <= s.at <= (w.end if w.end is not None else s.at)
+                    for w in windows
+                )
             ]
             errors = self._scrape_errors
             error = self._scrape_error
@@ -467,7 +510,7 @@ class Telemetry:
             total = None
             for w in windows:
                 end = w.end if w.end is not None else float("inf")
-                inside = [s.values for s in scrapes if w.start <= s.at <= end]
+                inside = [s.values for s in scrapes if w.metrics_start <= s.at <= end]
                 first = w.counters_start or (inside[0] if inside else {})
                 last = w.counters_end or (inside[-1] if inside else {})
                 before, after = prom.lookup(first, names), prom.lookup(last, names)
@@ -477,6 +520,13 @@ class Telemetry:
 
         raw_first = windows[0].counters_start or (scrapes[0].values if scrapes else {})
         raw_last = windows[-1].counters_end or (scrapes[-1].values if scrapes else {})
+        gauge_reason = None
+        if len(scrapes) < MIN_GAUGE_SCRAPES:
+            gauge_reason = (
+                f"only {len(scrapes)} scrape(s) of /metrics fell inside the measured window "
+                f"(at least {MIN_GAUGE_SCRAPES} are needed for a max or mean): run the load "
+                "longer (more requests or a duration)"
+            )
         return (
             ServerMetrics(
                 kv_cache_usage_max=max(kv) if kv else None,
@@ -490,6 +540,7 @@ class Telemetry:
                 raw_last=dict(raw_last),
                 scrapes=len(scrapes),
                 scrape_errors=errors,
+                gauge_reason=gauge_reason,
             ),
             None,
         )
@@ -556,15 +607,27 @@ class Telemetry:
                 self._gpu_error = error
 
     def _scrape_loop(self) -> None:
+        epoch = -1
+        due = delay = 0.0
         while not self._stop_event.is_set():
             if not self._load_open.wait(timeout=self._interval_s):
                 continue
-            started = time.monotonic()
+            with self._lock:
+                current = self._scrape_epoch
+            now = time.monotonic()
+            if current != epoch:  # a window or its measured part just opened
+                epoch = current
+                delay = min(FIRST_SCRAPE_DELAY_S, self._metrics_interval_s)
+                due = now + delay
+            if now < due:
+                self._stop_event.wait(min(due - now, self._interval_s))
+                continue
             snapshot = self._scrape()
-            if snapshot is not None and self._load_open.is_set():
-                with self._lock:
+            with self._lock:
+                if snapshot is not None and self._load_open.is_set():
                     self._scrapes.append(snapshot)
-            self._stop_event.wait(max(0.0, self._metrics_interval_s - (time.monotonic() - started)))
+            delay = min(delay * 2, self._metrics_interval_s)
+            due = time.monotonic() + delay
 
     def _scrape(self) -> _Scrape | None:
         """One /metrics read; failures are counted and remembered, never raised."""

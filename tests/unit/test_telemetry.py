@@ -33,7 +33,9 @@ from pytest_llmslo.telemetry import (
     process_tree,
     tree_rss,
 )
+from pytest_llmslo.telemetry.measures import measure
 from pytest_llmslo.telemetry.prometheus import KV_CACHE_USAGE, PrometheusParseError, max_over_labels
+from pytest_llmslo.telemetry.sampler import FIRST_SCRAPE_DELAY_S, MIN_GAUGE_SCRAPES
 
 DATA = Path(__file__).parent / "data"
 GIB = 1024**3
@@ -610,3 +612,87 @@ def test_no_load_window_means_no_scrape(metrics_server: MetricsServer) -> None:
     report = telemetry.stop()
     assert report.server_metrics is None
     assert report.server_metrics_reason == "no load window was marked, so /metrics was not scraped"
+
+
+def _telemetry(url: str, **kw: Any) -> Telemetry:
+    return Telemetry(
+        lambda: [os.getpid()], metrics_url=url, nvml=BrokenNvml(), nvidia_smi=None, **kw
+    )
+
+
+def test_a_load_shorter_than_the_scrape_interval_is_seen_at_its_end_and_judged_not_measurable(
+    metrics_server: MetricsServer,
+) -> None:
+    # the default 2 s interval: before, the only in-window scrape came as the window opened,
+    # so a short load read "0 running" with 4 users running and passed any ceiling
+    telemetry = _telemetry(metrics_server.url)
+    telemetry.start()
+    telemetry.mark_load_start()
+    metrics_server.running, metrics_server.kv = 4, 0.95
+    time.sleep(0.05)
+    window = telemetry.mark_load_end()
+    metrics = telemetry.window_report(window).server_metrics
+    telemetry.stop()
+
+    assert metrics is not None
+    assert metrics.requests_running_max == 4  # the closing scrape saw the requests
+    assert metrics.scrapes < MIN_GAUGE_SCRAPES
+    assert metrics.gauge_reason is not None and "inside the measured window" in metrics.gauge_reason
+    for metric in ("kv_cache_usage_max", "kv_cache_usage_mean", "requests_running_max"):
+        value, n, reason = measure(telemetry.window_report(window), metric) or (0.0, None, "")
+        assert math.isnan(value), metric
+        assert n == metrics.scrapes
+        assert reason.startswith("not measurable: only ")
+    # a counter delta needs two snapshots, not a series of gauge readings
+    preemptions = measure(telemetry.window_report(window), "preemptions")
+    assert preemptions is not None and preemptions[0] == 0.0
+
+
+def test_enough_in_window_scrapes_make_the_gauges_measurable(
+    metrics_server: MetricsServer,
+) -> None:
+    telemetry = _telemetry(metrics_server.url, metrics_interval_s=0.05)
+    telemetry.start()
+    telemetry.mark_load_start()
+    metrics_server.running = 3
+    wait_for(lambda: _scrapes_in(telemetry) >= MIN_GAUGE_SCRAPES)
+    window = telemetry.mark_load_end()
+    report = telemetry.window_report(window)
+    telemetry.stop()
+
+    assert report.server_metrics is not None and report.server_metrics.gauge_reason is None
+    assert measure(report, "requests_running_max") == (3.0, report.server_metrics.scrapes, "")
+
+
+def test_the_first_scrape_waits_for_requests_to_be_in_flight(
+    metrics_server: MetricsServer,
+) -> None:
+    telemetry = _telemetry(metrics_server.url)
+    telemetry.start()
+    telemetry.mark_load_start()
+    time.sleep(FIRST_SCRAPE_DELAY_S / 2)
+    # nothing scraped yet: a reading taken as the window opens sees no request of the load
+    assert _scrapes_in(telemetry) == 0
+    telemetry.mark_load_end()
+    telemetry.stop()
+
+
+def test_metrics_counters_leave_the_warmup_out(metrics_server: MetricsServer) -> None:
+    telemetry = _telemetry(metrics_server.url, metrics_interval_s=0.02)
+    telemetry.start()
+    telemetry.mark_load_start()
+    metrics_server.generated += 128.0  # two warmup requests of 64 tokens
+    metrics_server.running = 50  # a warmup burst the measured window never saw
+    wait_for(lambda: _scrapes_in(telemetry) >= 1)
+    metrics_server.running = 2
+    telemetry.mark_measured_start()
+    metrics_server.generated += 640.0  # ten measured requests
+    wait_for(lambda: _scrapes_in(telemetry) >= MIN_GAUGE_SCRAPES)
+    window = telemetry.mark_load_end()
+    metrics = telemetry.window_report(window).server_metrics
+    telemetry.stop()
+
+    assert window.measured_start is not None and window.start < window.measured_start
+    assert metrics is not None
+    assert metrics.generation_tokens == 640.0
+    assert metrics.requests_running_max == 2
