@@ -1,4 +1,9 @@
-"""pytest nodes for SLO specs: file -> scenario[server] -> one item per objective."""
+"""pytest nodes for SLO specs: file -> scenario -> server -> one item per objective.
+
+Ids read ``spec.yaml::scenario::server::objective``: every part is a node of its own, so an id
+copied from the output selects its test, and ``--lf``, ``--deselect`` and JUnit names keep it
+whole (pytest reads ``[...]`` as a parameter list that may only end an id).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llmslo.datasets import read_spec_datasets
 from pytest_llmslo.report import failure_text, scenario_section
 from pytest_llmslo.spec import Scenario, Spec, SpecError, load_spec
 
@@ -31,16 +37,10 @@ class SpecFile(pytest.File):
             from pytest_llmslo.plugin import XDIST_REFUSAL
 
             raise SpecError(self.path, None, "", XDIST_REFUSAL)
-        spec = load_spec(self.path)
+        # dataset files are read now: a broken one fails collection, before any server starts
+        spec = read_spec_datasets(load_spec(self.path))
         for scenario in spec.scenarios.values():
-            for server in scenario.servers:
-                yield ScenarioNode.from_parent(
-                    self,
-                    name=f"{scenario.name}[{server}]",
-                    spec=spec,
-                    scenario=scenario,
-                    server=server,
-                )
+            yield ScenarioNode.from_parent(self, name=scenario.name, spec=spec, scenario=scenario)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, SpecError):
@@ -49,6 +49,23 @@ class SpecFile(pytest.File):
 
 
 class ScenarioNode(pytest.Collector):
+    """One scenario of a spec; its children are the servers it runs on."""
+
+    def __init__(self, *, spec: Spec, scenario: Scenario, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.spec = spec
+        self.scenario = scenario
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        for server in self.scenario.servers:
+            yield ServerNode.from_parent(
+                self, name=server, spec=self.spec, scenario=self.scenario, server=server
+            )
+
+
+class ServerNode(pytest.Collector):
+    """A scenario on one server: one run of its load, one item per objective."""
+
     def __init__(self, *, spec: Spec, scenario: Scenario, server: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.spec = spec
@@ -56,30 +73,42 @@ class ScenarioNode(pytest.Collector):
         self.server = server
 
     def collect(self) -> Iterator[pytest.Item]:
+        from pytest_llmslo.plugin import SESSION_KEY
+
+        session: SloSession = self.config.stash[SESSION_KEY]
         metrics = [o.metric for o in self.scenario.objectives] or [COMPLETED]
         for metric in metrics:
-            yield SLOItem.from_parent(self, name=metric, metric=metric)
+            yield SLOItem.from_parent(
+                self,
+                name=metric,
+                metric=metric,
+                unmeasurable=session.unmeasurable(self.spec, self.server, metric),
+            )
 
 
 class SLOItem(pytest.Item):
     """One objective of one scenario on one server; the first item of a pair runs the load."""
 
-    def __init__(self, *, metric: str, **kw: Any) -> None:
+    def __init__(self, *, metric: str, unmeasurable: str | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.metric = metric
+        # known at collection: fail without running (or waiting for) the scenario's load
+        self.unmeasurable = unmeasurable
         parent = self.parent
-        assert isinstance(parent, ScenarioNode)
-        self.scenario_node = parent
+        assert isinstance(parent, ServerNode)
+        self.server_node = parent
 
     @property
     def server_key(self) -> tuple[str, str]:
-        return (str(self.scenario_node.spec.path), self.scenario_node.server)
+        return (str(self.server_node.spec.path), self.server_node.server)
 
     def runtest(self) -> None:
         from pytest_llmslo.plugin import SESSION_KEY
 
+        if self.unmeasurable:
+            raise SLOFailure(f"{self.metric}: not measurable: {self.unmeasurable}")
         session: SloSession = self.config.stash[SESSION_KEY]
-        node = self.scenario_node
+        node = self.server_node
         result = session.result(node.spec, node.scenario.name, node.server)
         if result.skipped:
             pytest.skip(result.skipped)
@@ -108,8 +137,10 @@ class SLOItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
+        node = self.server_node
         line = next(
-            (o.line for o in self.scenario_node.scenario.objectives if o.metric == self.metric),
-            self.scenario_node.scenario.line,
+            (o.line for o in node.scenario.objectives if o.metric == self.metric),
+            node.scenario.line,
         )
-        return self.path, (line - 1) if line else None, f"{self.scenario_node.name}::{self.metric}"
+        domain = f"{node.scenario.name}::{node.server}::{self.metric}"
+        return self.path, (line - 1) if line else None, domain

@@ -15,11 +15,13 @@ Formats (``DatasetConfig.format``):
 - ``random``: ``count`` prompts of exactly ``input_tokens`` tokens with the model's tokenizer,
   seeded; decoding then re-encoding gives exactly that many tokens, as the server will see.
 
-Then, in this order: with ``sample``, the prompts are shuffled with ``seed`` and the first
-``sample`` that pass the token filters are kept (a uniform sample without replacement of the
-filtered set, reproducible for a given file and seed); without it, every prompt that passes is kept
-in file order. ``input_tokens`` is set when a tokenizer is given; it counts the prompt's text (the
-messages' contents for chat rows) without special tokens or chat template.
+``read_rows`` reads a file and checks what needs no tokenizer: that it exists, decodes, parses and
+holds at least ``sample`` prompts. Then ``load_prompts``, in this order: with ``sample``, the
+prompts are shuffled with ``seed`` and the first ``sample`` that pass the token filters are kept (a
+uniform sample without replacement of the filtered set, reproducible for a given file and seed);
+without it, every prompt that passes is kept in file order. ``input_tokens`` is set when a
+tokenizer is given; it counts the prompt's text (the messages' contents for chat rows) without
+special tokens or chat template.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmslo.config import DatasetConfig
 from pytest_llmslo.records import Prompt
 from pytest_llmslo.tokens import Tokenizer
+
+if TYPE_CHECKING:
+    from pytest_llmslo.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +84,60 @@ class _Entry:
     reference_output: str | None = None  # sharegpt: the answer that followed the prompt
 
 
+@dataclass(frozen=True)
+class DatasetRows:
+    """A dataset file's prompts as read and checked, before token counting, filtering, sampling.
+
+    Reading checks all that needs no tokenizer (the file exists, decodes, parses, holds prompts,
+    at least ``sample`` of them), so the plugin reads at collection, before any server starts, and
+    the run sends these rows rather than reading the file again.
+    """
+
+    path: Path
+    entries: tuple[_Entry, ...]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def read_rows(config: DatasetConfig, base_dir: Path | None = None) -> DatasetRows:
+    """The file of a file-format dataset, read and checked; raises DatasetError."""
+    if config.format == "random":
+        raise DatasetError(
+            config.name,
+            "format random reads no file",
+            "make its prompts with load_prompts and the model's tokenizer",
+        )
+    path = resolve_path(config, base_dir)
+    entries = tuple(_read_entries(config, path))
+    if not entries:
+        raise DatasetError(
+            config.name,
+            "the file holds no prompts",
+            "point path at a non-empty dataset file",
+            path=path,
+        )
+    if config.sample is not None and config.sample > len(entries):
+        raise DatasetError(
+            config.name,
+            f"sample asks for {config.sample} prompts but the file holds only {len(entries)}",
+            f"lower sample to at most {len(entries)}, or remove it to keep all",
+            path=path,
+        )
+    return DatasetRows(path, entries)
+
+
 def load_prompts(
     config: DatasetConfig,
     *,
     tokenizer: Tokenizer | None = None,
     base_dir: Path | None = None,
+    rows: DatasetRows | None = None,
 ) -> list[Prompt]:
-    """The prompts of ``config``, filtered and sampled as it asks; raises DatasetError."""
+    """The prompts of ``config``, filtered and sampled as it asks; raises DatasetError.
+
+    ``rows`` are the file as read before (``read_rows``); without them the file is read now.
+    """
     filters = config.min_prompt_tokens is not None or config.max_prompt_tokens is not None
     if filters and tokenizer is None:
         raise DatasetError(
@@ -115,15 +167,9 @@ def load_prompts(
     if config.format == "random":
         entries = _random_entries(config, tokenizer)
     else:
-        path = resolve_path(config, base_dir)
-        entries = list(_read_entries(config, path))
-        if not entries:
-            raise DatasetError(
-                config.name,
-                "the file holds no prompts",
-                "point path at a non-empty dataset file",
-                path=path,
-            )
+        if rows is None:
+            rows = read_rows(config, base_dir)
+        path, entries = rows.path, list(rows.entries)
 
     order = list(range(len(entries)))
     if config.sample is not None:
@@ -609,3 +655,38 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return "keys: " + (", ".join(sorted(str(k) for k in value)) or "none")
     return _kind(value)
+
+
+def read_spec_datasets(spec: Spec) -> Spec:
+    """``spec`` with the files of its scenarios' datasets read and checked (``read_rows``).
+
+    Done at collection: a bad file is a spec error naming the spec, the dataset and the file
+    before any server starts, and the run sends the rows checked here. Token filters and format
+    random need the model's tokenizer and are applied when the scenario runs.
+    """
+    from pytest_llmslo.spec import SpecError  # here: reading prompts alone needs no YAML
+
+    rows: dict[str, DatasetRows] = {}
+    for name in dict.fromkeys(scenario.dataset for scenario in spec.scenarios.values()):
+        config = spec.datasets[name]
+        if config.format == "random":
+            continue
+        try:
+            rows[name] = read_rows(config, base_dir=spec.path.parent)
+        except DatasetError as exc:
+            where = _relative(exc.path or "") + (f", line {exc.line}" if exc.line else "")
+            raise SpecError(
+                spec.path,
+                spec.dataset_lines.get(name),
+                f"datasets.{name}",
+                f"{exc.problem} ({where})",
+                fix=exc.fix[:1].upper() + exc.fix[1:] + ".",
+            ) from None
+    return replace(spec, rows=rows)
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return path

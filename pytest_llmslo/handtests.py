@@ -14,6 +14,7 @@ from pytest_llmslo.load import LoadResult, run_load
 from pytest_llmslo.metrics import DEFAULT_PERCENTILES, RequestObjective, Summary, summarize
 from pytest_llmslo.models import resolve_model
 from pytest_llmslo.records import Endpoint, Prompt, RequestRecord
+from pytest_llmslo.redact import scrub_file, server_secrets
 from pytest_llmslo.servers import Server, make_server
 from pytest_llmslo.slo import (
     Measurement,
@@ -133,3 +134,7 @@ class ServerFactory:
         while self._servers:
             _, server = self._servers.popitem()
             server.stop()
+            # a server's log holds its arguments (an API key among them): keep the rest only
+            log_path = getattr(server, "log_path", None)
+            if log_path is not None:
+                scrub_file(log_path, server_secrets(server.config))

@@ -7,6 +7,8 @@ clients (httpx, aiohttp) parse and dispatch per chunk through several layers and
 by tens of milliseconds under 64 concurrent streams on two cores (docs/load-engine.md has the
 measurements). Only what OpenAI-compatible servers need is supported: one request at a time per
 connection, keep-alive, chunked or Content-Length bodies or read-until-close, http and https.
+Connections go straight to the server (``netpolicy``: no proxy variables), and one response may
+hold at most a set number of bytes, so a server that never stops sending cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from time import monotonic
 from typing import cast
 from urllib.parse import urlsplit
 
+from pytest_llmslo.netpolicy import tls_context
+
 _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE, _TRAILER, _DONE = range(6)
 _MAX_HEAD = 64 * 1024
+TOO_LARGE = "response_too_large"  # the ErrorCategory of an answer over its byte limit
 
 
 class ClientError(Exception):
@@ -83,15 +88,21 @@ class Exchange:
         "headers",
         "keep_alive",
         "last_at",
+        "limit",
         "pieces",
+        "received",
         "sent_at",
         "status",
         "times",
     )
 
-    def __init__(self, done: asyncio.Future[None], sent_at: float) -> None:
+    def __init__(
+        self, done: asyncio.Future[None], sent_at: float, limit: int | None = None
+    ) -> None:
         self.done = done
         self.sent_at = sent_at
+        self.limit = limit if limit is not None else 1 << 62  # bytes, head and framing included
+        self.received = 0
         self.last_at = sent_at
         self.first_byte_at: float | None = None
         self.end_at: float | None = None
@@ -152,6 +163,16 @@ class Exchange:
     def feed(self, t: float, data: bytes) -> None:
         """Take one socket read that arrived at ``t``; this is the hot path."""
         self.last_at = t
+        self.received += len(data)
+        if self.received > self.limit:
+            self.fail(
+                ClientError(
+                    TOO_LARGE,
+                    f"the response exceeded {self.limit:,} bytes (load.max_response_bytes) "
+                    "and was cut off",
+                )
+            )
+            return
         state = self._state
         if state == _CHUNKED:
             self._feed_chunked(t, data)
@@ -215,6 +236,15 @@ class Exchange:
                 self._left = int(headers["content-length"])
             except ValueError:
                 self.fail(ClientError("stream_broken", "malformed Content-Length header"))
+                return
+            if self._left > self.limit:
+                self.fail(
+                    ClientError(
+                        TOO_LARGE,
+                        f"the response announces {self._left:,} bytes (Content-Length), more "
+                        f"than load.max_response_bytes ({self.limit:,})",
+                    )
+                )
                 return
             self._state = _LENGTH
             if self._left == 0:
@@ -289,6 +319,7 @@ class Exchange:
             return
         self.error = error
         self.keep_alive = False
+        self._state = _DONE  # what still arrives is dropped with the connection
         self.end_at = monotonic()
         self.done.set_result(None)
 
@@ -374,10 +405,12 @@ class Connection(asyncio.BufferedProtocol):
         if exchange is not None:
             exchange.connection_lost()
 
-    def start(self, payload: bytes, done: asyncio.Future[None]) -> Exchange:
+    def start(
+        self, payload: bytes, done: asyncio.Future[None], limit: int | None = None
+    ) -> Exchange:
         """Write ``payload`` and return the exchange that will receive the answer."""
         assert self.transport is not None
-        exchange = Exchange(done, monotonic())
+        exchange = Exchange(done, monotonic(), limit)
         self._exchange = exchange
         self.transport.write(payload)
         return exchange
@@ -403,7 +436,7 @@ class ConnectionPool:
         self._idle: list[Connection] = []
         self._all: set[Connection] = set()
         self._closing: set[Connection] = set()  # discarded, until their sockets have closed
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if origin.tls else None
+        self._ssl: ssl.SSLContext | None = tls_context() if origin.tls else None
         self.opened = 0
 
     async def connect(self) -> Connection:

@@ -16,8 +16,6 @@ import itertools
 import json
 import math
 import re
-import signal
-import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +23,7 @@ from itertools import accumulate, chain, repeat
 from time import monotonic
 from typing import Any, cast
 
+from pytest_llmslo import interrupts
 from pytest_llmslo.arrivals import arrival_offsets
 from pytest_llmslo.config import LoadConfig
 from pytest_llmslo.http_client import (
@@ -125,10 +124,58 @@ def check_load(config: LoadConfig, prompts: Sequence[Prompt]) -> None:
         value = getattr(config, name)
         if not value > 0:
             raise ValueError(f"load.{name} must be > 0 seconds, got {value}")
+    if config.max_response_bytes < 1:
+        raise ValueError(
+            f"load.max_response_bytes must be >= 1 byte, got {config.max_response_bytes}"
+        )
+    if config.max_consecutive_timeouts is not None and config.max_consecutive_timeouts < 1:
+        raise ValueError(
+            "load.max_consecutive_timeouts must be >= 1 (or None to never stop), got "
+            f"{config.max_consecutive_timeouts}"
+        )
+    budget = config.failure_budget
+    if isinstance(budget, float):
+        if not 0 < budget <= 1:
+            raise ValueError(
+                f"load.failure_budget as a fraction must be in (0, 1], got {budget}; "
+                "give a whole number for a count of failed requests"
+            )
+        if config.requests is None:
+            raise ValueError(
+                "load.failure_budget as a fraction is a share of load.requests, which is not "
+                "set; give a count of failed requests instead"
+            )
+    elif budget is not None and budget < 0:
+        raise ValueError(f"load.failure_budget must be >= 0 failed requests, got {budget}")
+
+
+def failure_budget(config: LoadConfig) -> int | None:
+    """How many measured requests may fail before the run stops; None: no limit."""
+    budget = config.failure_budget
+    if budget is None:
+        return None
+    if isinstance(budget, float):
+        return math.floor(budget * (config.requests or 0))
+    return budget
+
+
+# Fields that some backends reject, and the backends that reject them. transformers serve
+# answers HTTP 422 to a field it does not know; every other backend gets what the spec asks for,
+# and a server that rejects a field answers 4xx, which the report shows.
+_REJECTED_BY = {"ignore_eos": ("hf",), "min_tokens": ("hf",)}
+
+
+def unsent_fields(backend: str, config: LoadConfig) -> tuple[str, ...]:
+    """The load fields a spec sets that are left out of requests to ``backend`` (see above)."""
+    return tuple(
+        name
+        for name, backends in _REJECTED_BY.items()
+        if backend in backends and getattr(config, name) is not None
+    )
 
 
 def request_body(endpoint: Endpoint, prompt: Prompt, config: LoadConfig) -> dict[str, Any]:
-    """The JSON body of one request; vLLM-only fields go to vLLM only (others answer 422)."""
+    """The JSON body of one request; fields a backend is known to reject are left out for it."""
     body: dict[str, Any] = {"model": endpoint.model}
     if config.api == "chat":
         body["messages"] = prompt.as_messages()
@@ -145,13 +192,13 @@ def request_body(endpoint: Endpoint, prompt: Prompt, config: LoadConfig) -> dict
     if config.request_seed:
         body["seed"] = config.seed
     body["stream"] = config.stream
-    if config.stream:
+    if config.stream and config.include_usage:
         body["stream_options"] = {"include_usage": True}
-    if endpoint.backend == "vllm":
-        if config.ignore_eos is not None:
-            body["ignore_eos"] = config.ignore_eos
-        if config.min_tokens is not None:
-            body["min_tokens"] = config.min_tokens
+    unsent = unsent_fields(endpoint.backend, config)
+    if config.ignore_eos is not None and "ignore_eos" not in unsent:
+        body["ignore_eos"] = config.ignore_eos
+    if config.min_tokens is not None and "min_tokens" not in unsent:
+        body["min_tokens"] = config.min_tokens
     body.update(config.extra_body)
     return body
 
@@ -165,6 +212,13 @@ def request_headers(endpoint: Endpoint, config: LoadConfig) -> dict[str, str]:
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             raise ValueError(f"load.headers: header {name!r} contains a line break; remove it")
     return headers
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, stop: Callable[[str], None], reason: str) -> None:
+    # called from a signal handler, which may run in the middle of the loop's own code: the
+    # loop is only handed the call (what asyncio's own signal handling does)
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
+        loop.call_soon_threadsafe(stop, reason)
 
 
 class _Run:
@@ -194,13 +248,17 @@ class _Run:
         self._wake_parser = asyncio.Event()
         self._closing = False
         self._index = itertools.count()
+        self._timeouts_in_row = 0
+        self._failed_measured = 0
+        self._budget = failure_budget(config)
         self.on_measured_start: Callable[[], None] | None = None
 
     # -- orchestration ---------------------------------------------------------------------
 
     async def execute(self) -> LoadResult:
         loop = asyncio.get_running_loop()
-        restore = self._install_sigint(loop)
+        # SIGINT, SIGTERM, SIGHUP: stop dispatching and keep the records (interrupts.py)
+        restore = interrupts.listen(lambda name: _call_soon(loop, self.stop, name))
         watcher = asyncio.create_task(self._watch())
         parser = asyncio.create_task(self._parse_completed())
         # objects that exist before the run are left out of garbage collection passes, which
@@ -252,7 +310,7 @@ class _Run:
                     try:
                         next(parser)
                     except StopIteration as done:
-                        self.records.append(done.value)
+                        self._keep(done.value)
                         break
                     if not self._closing:
                         await asyncio.sleep(0)
@@ -271,22 +329,6 @@ class _Run:
         self.stopped.set()
         for task in list(self.in_flight):
             task.cancel(f"cancelled: {reason}")
-
-    def _install_sigint(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = signal.getsignal(signal.SIGINT)
-        try:
-            loop.add_signal_handler(signal.SIGINT, self.stop, "KeyboardInterrupt")
-        except (NotImplementedError, RuntimeError, ValueError):
-            return lambda: None
-
-        def restore() -> None:
-            loop.remove_signal_handler(signal.SIGINT)
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-        return restore
 
     async def _watch(self) -> None:
         if self.should_stop is None:
@@ -427,12 +469,44 @@ class _Run:
                 error_message=str(exc),
             )
         except asyncio.CancelledError:
-            self.records.append(_cancelled(base, slot.exchange, self.interrupted, chat))
+            self._keep(_cancelled(base, slot.exchange, self.interrupted, chat))
             raise
         finally:
             if cap is not None:
                 cap.release()
+        self._keep(record)
+
+    def _keep(self, record: RequestRecord) -> None:
+        """Keep a record; stop the run when the server looks hung or failures pass the budget.
+
+        A hung server that still accepts connections makes every request wait its whole read
+        timeout: without this, 100 requests from 10 users would take 10 x 300 s.
+        """
         self.records.append(record)
+        if self.stopped.is_set():
+            return  # requests cancelled by the stop say so themselves
+        config = self.config
+        if record.error is ErrorCategory.TIMEOUT:
+            self._timeouts_in_row += 1
+            limit = config.max_consecutive_timeouts
+            if limit is not None and self._timeouts_in_row >= limit:
+                self.stop(
+                    f"{self._timeouts_in_row} requests in a row timed out (last: "
+                    f"{record.error_message}); the server looks hung, so the run stopped and "
+                    f"the rest were not sent (load.max_consecutive_timeouts: {limit})"
+                )
+                return
+        else:
+            self._timeouts_in_row = 0
+        if not record.warmup and not record.ok:
+            self._failed_measured += 1
+            budget = self._budget
+            if budget is not None and self._failed_measured > budget:
+                self.stop(
+                    f"{self._failed_measured} measured requests failed, more than "
+                    f"load.failure_budget allows ({budget}), so the run stopped and the rest "
+                    "were not sent"
+                )
 
     async def _exchange(self, payload: bytes, slot: _Slot) -> Exchange:
         """Send one request and wait for its whole answer, reconnecting once for a stale socket."""
@@ -444,7 +518,7 @@ class _Run:
         for attempt in (0, 1):
             conn, reused = await self.pool.acquire()
             done: asyncio.Future[None] = loop.create_future()
-            exchange = slot.exchange = conn.start(payload, done)
+            exchange = slot.exchange = conn.start(payload, done, config.max_response_bytes)
             exchange.sent_at = dispatched_at
             deadline = exchange.sent_at + config.total_timeout
             timer = _Watchdog(loop, exchange, config.read_timeout, deadline)
@@ -475,9 +549,16 @@ class _Run:
         out = []
         for record in records:
             changes: dict[str, Any] = {}
+            reasoning = str(record.extra.get("reasoning_text", ""))
+            if record.reasoning_tokens is None and record.ok and reasoning:
+                changes["reasoning_tokens"] = count(reasoning)
             if record.output_tokens is None and record.ok:
-                text = record.output_text + str(record.extra.get("reasoning_text", ""))
-                changes["output_tokens"] = count(text)
+                # the answer and the reasoning are separate texts: counted apart, no token
+                # spans the boundary between them
+                answer = count(record.output_text) if record.output_text else 0
+                changes["output_tokens"] = answer + (
+                    changes.get("reasoning_tokens", record.reasoning_tokens) or 0
+                )
                 changes["token_source"] = "tokenizer"
             if record.input_tokens is None:
                 prompt = self.prompts[record.prompt_index]
@@ -613,6 +694,8 @@ def _read(
         )
     if fields.get("input_tokens") is None and prompt.input_tokens is not None:
         fields["input_tokens"] = prompt.input_tokens
+    if fields.get("reasoning_tokens") is None and not parsed.reasoning:
+        fields["reasoning_tokens"] = 0
     return RequestRecord(**fields, extra=extra)
 
 
@@ -652,6 +735,7 @@ class _StreamState:
         "error",
         "finish_reason",
         "first_chunk_at",
+        "reasoning_only",
         "reasonings",
         "response_id",
         "texts",
@@ -664,6 +748,9 @@ class _StreamState:
         self.content_times: list[float] = []
         self.texts: list[bytes | str] = []  # bytes: a JSON string body from the fast path
         self.reasonings: list[str] = []
+        # positions in content_times of events with reasoning and no answer text; the fast
+        # paths carry answer text only, so they never add to it
+        self.reasoning_only: list[int] = []
         self.finish_reason: str | None = None
         self.usage: Any = None
         self.response_id = ""
@@ -701,6 +788,8 @@ class _StreamState:
             text = choice.get("text") or ""
             reasoning = ""
         if text or reasoning:
+            if not text:
+                self.reasoning_only.append(len(self.content_times))
             self.content_times.append(at)
             if text:
                 self.texts.append(text)
@@ -718,9 +807,15 @@ class _StreamState:
         else:
             output = _strings(texts)
         times = self.content_times
+        first_answer = 0
+        for position in self.reasoning_only:
+            if position != first_answer:
+                break
+            first_answer += 1
         fields: dict[str, Any] = {
             "first_chunk_at": self.first_chunk_at,
             "first_content_at": times[0] if times else None,
+            "first_answer_at": times[first_answer] if first_answer < len(times) else None,
             "content_times": tuple(times),
             "finish_reason": self.finish_reason,
             "output_text": output,
@@ -841,6 +936,8 @@ def _parse_json(exchange: Exchange, chat: bool) -> _Parsed:
     if text or reasoning:
         fields["first_content_at"] = at
         fields["content_times"] = (at,)
+    if text:
+        fields["first_answer_at"] = at
     fields["output_text"] = text
     _usage_fields(fields, answer.get("usage"))
     return _Parsed(fields, text, reasoning, str(answer.get("id") or ""))
@@ -856,6 +953,10 @@ def _usage_fields(fields: dict[str, Any], usage: Any) -> None:
         fields["token_source"] = "usage"
     if isinstance(prompt, int):
         fields["input_tokens"] = prompt
+    # OpenAI's and vLLM's split of completion_tokens; transformers serve sends none
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+        fields["reasoning_tokens"] = details["reasoning_tokens"]
 
 
 def _unreadable(base: dict[str, Any], exchange: Exchange, exc: Exception) -> RequestRecord:

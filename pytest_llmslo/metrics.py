@@ -23,12 +23,15 @@ NAN = float("nan")
 # names of the per-request distributions a Summary carries, in report order
 DISTRIBUTIONS = (
     "ttft",
+    "ttfat",
     "ttfc",
     "tpot",
     "itl",
     "e2e",
     "input_tokens",
     "output_tokens",
+    "reasoning_tokens",
+    "answer_tokens",
     "dispatch_lag",
 )
 _STAT = re.compile(r"^(mean|std|min|max|median|p(\d+(?:\.\d+)?))$")
@@ -81,7 +84,7 @@ class Distribution:
 
 @dataclass(frozen=True)
 class RequestObjective:
-    """A per-request bound used for goodput: `metric` in ttft, tpot, e2e, itl (max gap)."""
+    """A per-request bound used for goodput: `metric` in ttft, ttfat, tpot, e2e, itl (max gap)."""
 
     metric: str
     op: str  # <=, <, >=, >
@@ -147,6 +150,15 @@ def ttft(r: RequestRecord) -> float | None:
     return None if r.first_content_at is None else r.first_content_at - r.sent_at
 
 
+def ttfat(r: RequestRecord) -> float | None:
+    """Time to first answer token: request sent -> first chunk carrying answer text.
+
+    Reasoning streamed before the answer (``reasoning_content``/``reasoning`` deltas) does not
+    count; without reasoning this equals TTFT. A request that streamed reasoning only has none.
+    """
+    return None if r.first_answer_at is None else r.first_answer_at - r.sent_at
+
+
 def ttfc(r: RequestRecord) -> float | None:
     """Time to first chunk of any kind (a role-only chunk counts)."""
     return None if r.first_chunk_at is None else r.first_chunk_at - r.sent_at
@@ -187,7 +199,7 @@ def _meets(r: RequestRecord, objectives: Sequence[RequestObjective]) -> bool:
             gaps = itl(r)
             value: float | None = max(gaps) if gaps else None
         else:
-            value = {"ttft": ttft, "tpot": tpot, "e2e": e2e}[o.metric](r)
+            value = {"ttft": ttft, "ttfat": ttfat, "tpot": tpot, "e2e": e2e}[o.metric](r)
         # a request whose value cannot be measured did not demonstrably meet the objective
         if value is None or not ops[o.op](value, o.threshold):
             return False
@@ -223,18 +235,31 @@ def summarize(
 
     samples = {
         "ttft": vals(ttft),
+        "ttfat": vals(ttfat),
         "ttfc": vals(ttfc),
         "tpot": vals(tpot),
         "itl": np.array([g for r in ok for g in itl(r)], dtype=float),
         "e2e": vals(e2e),
         "input_tokens": vals(lambda r: r.input_tokens),
         "output_tokens": vals(lambda r: r.output_tokens),
+        "reasoning_tokens": vals(lambda r: r.reasoning_tokens),
+        "answer_tokens": vals(lambda r: r.answer_tokens),
         "dispatch_lag": np.array(
             [lag for r in measured if (lag := r.dispatch_lag) is not None], dtype=float
         ),
     }
     if ok and samples["tpot"].size == 0:
         reasons["tpot"] = "no successful request produced 2 or more output tokens"
+    if ok and samples["ttfat"].size == 0:
+        reasons["ttfat"] = "no successful request streamed answer text (reasoning only?)"
+    uncounted = sum(1 for r in ok if r.reasoning_tokens is None and r.extra.get("reasoning_text"))
+    if uncounted:
+        reasons["reasoning_tokens"] = (
+            f"{uncounted} successful requests streamed reasoning that neither usage nor a "
+            "tokenizer counted"
+        )
+    if ok and samples["answer_tokens"].size == 0:
+        reasons["answer_tokens"] = "output or reasoning token counts are missing"
     if ok and samples["itl"].size == 0:
         reasons["itl"] = "no successful request streamed 2 or more content chunks"
     if samples["dispatch_lag"].size == 0:

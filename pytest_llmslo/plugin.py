@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
 
-from pytest_llmslo import __version__
+from pytest_llmslo import __version__, interrupts
 from pytest_llmslo.collect import SLOItem, SpecFile
 from pytest_llmslo.handtests import LoadRun, ServerFactory, assert_slo, run_workload
-from pytest_llmslo.report import write_reports
+from pytest_llmslo.redact import redact_url
+from pytest_llmslo.report_writer import RunFolder, write_reports
 from pytest_llmslo.session import SloSession
+from pytest_llmslo.spec import http_url_problem
 
 SESSION_KEY = pytest.StashKey[SloSession]()
 SETTINGS_KEY = pytest.StashKey["Settings"]()
 _LAST_USE_KEY = pytest.StashKey[dict[tuple[str, str], int]]()
-_SIGTERM_KEY = pytest.StashKey[Any]()
+_RESTORE_SIGNALS_KEY = pytest.StashKey[Callable[[], None]]()
 
 # flag, ini name, env var, help: every flag has an ini twin and an env var, resolved CLI > env > ini
 _OPTIONS = [
@@ -62,6 +62,13 @@ class Settings:
         self.specs = [Path(p) for p in self._list(config, 0)]
         self.report = Path(self._one(config, 1) or "llmslo-results/report.md")
         self.server_url = self._one(config, 2)
+        if self.server_url is not None:
+            problem = http_url_problem(self.server_url)
+            if problem is not None:
+                raise pytest.UsageError(
+                    f"pytest-llmslo: {self.source['slo_server_url']}: {problem}; give the "
+                    "server's base URL, e.g. http://host:8000 (without /v1)"
+                )
         self.api_key_env = self._one(config, 3)
         raw = self._one(config, 4)
         self.max_requests = (
@@ -128,16 +135,18 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = Settings(config)
     config.stash[SETTINGS_KEY] = settings
     if settings.specs:
-        missing = [str(p) for p in settings.specs if not p.exists()]
-        if missing:
-            raise pytest.UsageError(
-                f"pytest-llmslo: --slo path not found: {', '.join(missing)} "
-                f"(relative to {Path.cwd()})"
-            )
-        # `pytest --slo x.yaml` runs the spec alone unless test paths are also given
-        if config.args_source != pytest.Config.ArgsSource.ARGS:
+        _check_spec_paths(settings)
+        # `pytest --slo x.yaml` runs the spec alone unless test paths are also given; specs from
+        # the ini file or the environment join what pytest would collect, never replace it
+        if (
+            settings.source.get("slo_paths") == "--slo"
+            and config.args_source != pytest.Config.ArgsSource.ARGS
+        ):
             config.args = []
-        config.args.extend(str(p) for p in settings.specs)
+        invoked = config.invocation_params.dir
+        config.args.extend(
+            str(p) for p in settings.specs if not _selected_within(p, config.args, invoked)
+        )
     _check_xdist(config)
     config.stash[SESSION_KEY] = SloSession(
         settings.report.parent,
@@ -145,7 +154,55 @@ def pytest_configure(config: pytest.Config) -> None:
         api_key_env=settings.api_key_env,
         request_limit=settings.max_requests,
     )
-    config.stash[_SIGTERM_KEY] = _sigterm_as_interrupt()
+    # named now: what the latest report files were at the start tells, at the end, whether
+    # another session wrote into the same folder meanwhile
+    config.stash[_RUN_KEY] = RunFolder.start(settings.report)
+    # SIGINT, SIGTERM (CI cancelling a job), SIGHUP: stop, keep what was measured, write the
+    # reports; a second signal kills the servers at once (interrupts.py)
+    interrupts.reset()
+    config.stash[_RESTORE_SIGNALS_KEY] = interrupts.install()
+
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+def _check_spec_paths(settings: Settings) -> None:
+    """A spec path that can yield no spec is a usage error saying why, not "no tests ran"."""
+    source = settings.source.get("slo_paths", "--slo")
+    for path in settings.specs:
+        if "::" in str(path):
+            raise pytest.UsageError(
+                f"pytest-llmslo: {source} {path}: {source} takes a spec file or directory; to "
+                f"run one test, give its id as a test path: pytest '{path}'"
+            )
+    missing = [str(p) for p in settings.specs if not p.exists()]
+    if missing:
+        raise pytest.UsageError(
+            f"pytest-llmslo: {source} path not found: {', '.join(missing)} "
+            f"(relative to {Path.cwd()})"
+        )
+    for path in settings.specs:
+        if path.is_file() and path.suffix not in SPEC_SUFFIXES:
+            raise pytest.UsageError(
+                f"pytest-llmslo: {source} {path}: not a spec: spec files are YAML files ending "
+                "in .yaml or .yml"
+            )
+        if path.is_dir() and not any(p.suffix in SPEC_SUFFIXES for p in path.rglob("*")):
+            raise pytest.UsageError(
+                f"pytest-llmslo: {source} {path}: the directory holds no spec (no .yaml or .yml "
+                "file under it)"
+            )
+
+
+def _selected_within(spec: Path, args: list[str], invoked: Path) -> bool:
+    """Whether a test path already selects something inside ``spec`` (the file or directory):
+    adding the whole of it would override a selection such as ``x.yaml::scenario``."""
+    target = (invoked / spec).resolve()
+    for arg in args:
+        named = (invoked / arg.split("::")[0]).resolve()
+        if named == target or target in named.parents:
+            return True
+    return False
 
 
 XDIST_REFUSAL = (
@@ -161,33 +218,25 @@ def _check_xdist(config: pytest.Config) -> None:
         raise pytest.UsageError(XDIST_REFUSAL)
 
 
-def _sigterm_as_interrupt() -> Any:
-    """CI runners stop jobs with SIGTERM: turn it into KeyboardInterrupt so servers are stopped."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (embedded pytest): leave signals alone
-        return None
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
-        session.close()
-    previous = config.stash.get(_SIGTERM_KEY, None)
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+        with interrupts.shielded(deliver=False):  # pytest is ending anyway: no traceback now
+            session.close()
+    restore = config.stash.get(_RESTORE_SIGNALS_KEY, None)
+    if restore is not None:
+        restore()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SpecFile | None:
-    if file_path.suffix not in (".yaml", ".yml"):
+    if file_path.suffix not in SPEC_SUFFIXES:
         return None
     settings: Settings = parent.config.stash[SETTINGS_KEY]
-    wanted = file_path.name.endswith((".slo.yaml", ".slo.yml")) or any(
-        file_path == p.resolve() or p.resolve() in file_path.parents for p in settings.specs
+    wanted = (
+        file_path.name.endswith((".slo.yaml", ".slo.yml"))
+        # named as a test path: an id copied from the output runs as it is
+        or parent.session.isinitpath(file_path)
+        or any(file_path == p.resolve() or p.resolve() in file_path.parents for p in settings.specs)
     )
     return SpecFile.from_parent(parent, path=file_path) if wanted else None
 
@@ -238,30 +287,52 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if settings.specs:
         parts.append("specs=" + ",".join(str(p) for p in settings.specs))
     if settings.server_url:
-        parts.append(f"server_url={settings.server_url}")
+        parts.append(f"server_url={redact_url(settings.server_url)}")
     if settings.max_requests:
         parts.append(f"max_requests={settings.max_requests}")
     sources = ", ".join(f"{k} from {v}" for k, v in sorted(settings.source.items()))
     return [" ".join(parts)] + ([f"llmslo settings: {sources}"] if sources else [])
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     slo = session.config.stash.get(SESSION_KEY, None)
     if slo is None:
         return
-    slo.close()
-    if slo.results:
-        settings: Settings = session.config.stash[SETTINGS_KEY]
-        written = write_reports(
-            list(slo.results.values()), settings.report, os.environ.get("GITHUB_STEP_SUMMARY")
-        )
-        session.config.stash[_WRITTEN_KEY] = written
+    # reports first, so a slow stop cannot lose them; shielded, so a signal now (a second
+    # Ctrl-C, CI's SIGTERM) cuts neither short: it is held, and a second one kills at once
+    with interrupts.shielded(deliver=False):
+        try:
+            if slo.results:
+                settings: Settings = session.config.stash[SETTINGS_KEY]
+                written = write_reports(
+                    list(slo.results.values()),
+                    settings.report,
+                    os.environ.get("GITHUB_STEP_SUMMARY"),
+                    run=session.config.stash.get(_RUN_KEY, None),
+                    notices=slo.notices,
+                )
+                session.config.stash[_WRITTEN_KEY] = written
+        finally:
+            slo.close()
+    held = interrupts.take_pending()
+    if held is not None:
+        session.config.stash[_HELD_SIGNAL_KEY] = held
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
 
 
 _WRITTEN_KEY = pytest.StashKey[Any]()
+_HELD_SIGNAL_KEY = pytest.StashKey[str]()
+_RUN_KEY = pytest.StashKey[RunFolder]()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    held = config.stash.get(_HELD_SIGNAL_KEY, None)
+    if held is not None:
+        terminalreporter.write_line(
+            f"llmslo: {held} arrived while the run was finishing: reports written, servers "
+            "stopped, exit status 'interrupted'"
+        )
     written = config.stash.get(_WRITTEN_KEY, None)
     if written is None:
         return
@@ -269,6 +340,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write_line(written.markdown)
     for line in written.messages:
         terminalreporter.write_line(line)
+    for line in written.warnings:  # a lost or overwritten file, a log folder moved
+        terminalreporter.write_line(f"WARNING {line}", yellow=True, bold=True)
 
 
 # --- fixtures for hand-written tests -------------------------------------------------------------
@@ -282,13 +355,21 @@ def llmslo_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         yield factory
     finally:
-        factory.close()
+        with interrupts.shielded():  # a signal now is raised once every server is stopped
+            factory.close()
 
 
 @pytest.fixture
 def llmslo_run() -> Callable[..., LoadRun]:
     """`llmslo_run(endpoint, prompts_or_dataset, load)` -> LoadRun(records, summary)."""
-    return run_workload
+
+    def run(*args: Any, **kwargs: Any) -> LoadRun:
+        # a signal stops the load (its records kept), then ends the session like a Ctrl-C
+        # anywhere else, instead of letting the test go on with half a run
+        with interrupts.shielded():
+            return run_workload(*args, **kwargs)
+
+    return run
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pytest_llmslo.redact import REDACTED, redact_url
+
 TokenSource = Literal["usage", "tokenizer"]
 
 
@@ -22,6 +24,7 @@ class ErrorCategory(str, enum.Enum):
     HTTP_5XX = "http_5xx"  # server failed the request
     STREAM_BROKEN = "stream_broken"  # connection dropped or malformed SSE mid-response
     EMPTY_OUTPUT = "empty_output"  # a 200 answer that carried no generated text
+    RESPONSE_TOO_LARGE = "response_too_large"  # over load.max_response_bytes: cut off
 
     def __str__(self) -> str:
         return self.value
@@ -40,8 +43,14 @@ class RequestRecord:
     first_chunk_at: float | None = None  # first SSE event of any kind (role-only chunks count)
     first_content_at: float | None = None  # first event carrying non-empty generated text
     content_times: tuple[float, ...] = ()  # arrival of every content-bearing event, in order
+    # first event carrying answer text (content, not reasoning): first_content_at unless the
+    # stream reasons first; None when only reasoning arrived
+    first_answer_at: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # of output_tokens, those spent reasoning: usage's completion_tokens_details.reasoning_tokens,
+    # else the reasoning text counted with the model's tokenizer; 0 when no reasoning was streamed
+    reasoning_tokens: int | None = None
     token_source: TokenSource | None = None  # where the token counts came from
     finish_reason: str | None = None
     http_status: int | None = None
@@ -54,6 +63,13 @@ class RequestRecord:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def answer_tokens(self) -> int | None:
+        """Output tokens that are not reasoning: the answer, with any markers and end token."""
+        if self.output_tokens is None or self.reasoning_tokens is None:
+            return None
+        return max(self.output_tokens - self.reasoning_tokens, 0)
 
     @property
     def dispatch_lag(self) -> float | None:
@@ -85,9 +101,12 @@ class Prompt:
         return "\n".join(m.get("content", "") for m in self.messages or ())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Endpoint:
-    """A reachable OpenAI-compatible server, started by us or already running."""
+    """A reachable OpenAI-compatible server, started by us or already running.
+
+    Its repr hides the API key and any user-info of the URL: endpoints end up in messages.
+    """
 
     base_url: str  # scheme://host:port, without the /v1 suffix
     model: str  # the model name to send in request bodies
@@ -98,3 +117,12 @@ class Endpoint:
     log_path: str | None = None
     version: str | None = None  # backend package version, when known
     has_metrics: bool = False  # serves Prometheus text at /metrics
+
+    def __repr__(self) -> str:
+        key = REDACTED if self.api_key else None
+        return (
+            f"Endpoint(base_url={redact_url(self.base_url)!r}, model={self.model!r}, "
+            f"backend={self.backend!r}, api_key={key!r}, pid={self.pid!r}, "
+            f"startup_seconds={self.startup_seconds!r}, log_path={self.log_path!r}, "
+            f"version={self.version!r}, has_metrics={self.has_metrics!r})"
+        )

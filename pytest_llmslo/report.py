@@ -1,28 +1,46 @@
-"""Reports as pure functions of results (markdown, JSON, JSONL), and one step that writes them.
+"""Reports as pure functions of results: markdown, the results.json tree and requests.jsonl.
 
-Writing never raises: a report that cannot be written is a message, not a failed run.
+Everything rendered here is redacted: credential-named values are hidden where the structure is
+known, and every credential value of the run is scrubbed from the text (see `redact.py`).
+Writing the files is `report_writer.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import enum
 import json
 import math
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+import numbers
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmslo import __version__
-from pytest_llmslo.environment import RunInfo, collect_run_info
+from pytest_llmslo.environment import RunInfo
+from pytest_llmslo.redact import (
+    REDACTED,
+    Secrets,
+    endpoint_secrets,
+    load_secrets,
+    redact_command,
+    redact_mapping,
+    redact_url,
+    server_secrets,
+)
 from pytest_llmslo.slo import Verdict, format_value
 from pytest_llmslo.telemetry.measures import markdown_lines
 
 if TYPE_CHECKING:
+    from pytest_llmslo.config import LoadConfig, ServerConfig
+    from pytest_llmslo.metrics import Summary
+    from pytest_llmslo.records import Endpoint
     from pytest_llmslo.session import ScenarioResult
 
-RESULTS_SCHEMA = "pytest-llmslo/results/v1"
+# v2: `load` is the load that ran (v1 repeated the spec's), with `spec_load` and `load_notes`;
+# `server_config`, `run.id`, `skipped`, `wall_seconds`, `margin_reason`; credentials redacted;
+# no NaN or Infinity anywhere (null, with a reason beside it). See docs/results-schema.md.
+RESULTS_SCHEMA = "pytest-llmslo/results/v2"
 _LATENCY_ROWS = [
     ("ttft", "TTFT"),
     ("ttfc", "time to first chunk"),
@@ -30,6 +48,13 @@ _LATENCY_ROWS = [
     ("itl", "ITL (per chunk)"),
     ("e2e", "E2E latency"),
 ]
+
+
+_TOKEN_SOURCES = {
+    "usage": "the server's usage",
+    "tokenizer": "ESTIMATES (text re-tokenized locally)",
+    "unknown": "nowhere (not counted)",
+}
 
 
 def _ms(v: float) -> str:
@@ -54,8 +79,44 @@ def _backend_line(res: ScenarioResult) -> str:
     return f"{res.server.backend}{version}, model `{model}`"
 
 
+def _load(res: ScenarioResult) -> LoadConfig:
+    """The load that ran (or would have run, when the server did not start)."""
+    return res.load if res.load is not None else res.scenario.load_for(res.server.name)
+
+
+def _cell(text: str) -> str:
+    """Text made safe for one markdown table cell: a `|` or a line break would end the row."""
+    return text.replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def _fenced(text: str) -> list[str]:
+    """A code block that holds `text` whole, whatever backticks it contains."""
+    fence = "`" * 3
+    while fence in text:
+        fence += "`"
+    return [fence, text.rstrip(), fence]
+
+
+def result_secrets(res: ScenarioResult) -> Secrets:
+    """Every credential value a scenario's configuration, load and endpoint hold."""
+    secrets = server_secrets(res.server) | load_secrets(res.scenario.load)
+    for load in (res.load, *res.scenario.server_loads.values()):
+        if load is not None:
+            secrets |= load_secrets(load)
+    if res.endpoint is not None:
+        secrets |= endpoint_secrets(res.endpoint)
+    return secrets
+
+
+def _all_secrets(results: Sequence[ScenarioResult]) -> Secrets:
+    secrets = Secrets()
+    for r in results:
+        secrets |= result_secrets(r)
+    return secrets
+
+
 def _load_line(res: ScenarioResult) -> str:
-    load = res.scenario.load
+    load = _load(res)
     parts = [f"parallel {load.parallel}" if load.parallel else ""]
     if load.rate:
         parts.append(f"rate {load.rate:g} req/s ({load.arrival})")
@@ -74,22 +135,40 @@ def scenario_section(res: ScenarioResult) -> str:
     """Markdown for one scenario on one server."""
     out = [f"### {res.id} — {_status(res)}", ""]
     out.append(f"- server: {_backend_line(res)}")
-    if res.endpoint and res.endpoint.startup_seconds is not None:
+    if res.server.backend == "external":
+        out.append("- server start-up: not applicable: external server, not started by this run")
+    elif res.endpoint and res.endpoint.startup_seconds is not None:
         out.append(f"- server start-up: {res.endpoint.startup_seconds:.1f} s")
     out.append(f"- dataset: `{res.scenario.dataset}`; load: {_load_line(res)}")
+    if res.load_notes:
+        out.append("- load differs from the scenario's `load:`: " + "; ".join(res.load_notes))
     s = res.summary
     if s is not None:
         out.append(
             f"- requests: {s.requests} measured ({s.succeeded} ok, {s.failed} failed), "
             f"{s.warmup} warmup; window {s.duration_s:.2f} s"
         )
-        sources = ", ".join(f"{k}: {n}" for k, n in sorted(s.token_sources.items()))
+        sources = ", ".join(
+            f"{_TOKEN_SOURCES.get(k, k)}: {n}" for k, n in sorted(s.token_sources.items())
+        )
         if sources:
-            out.append(f"- token counts from {sources}")
+            out.append(f"- token counts (successful requests) from {sources}")
+        if _reasoned(s):
+            reasoning = s.distributions["reasoning_tokens"]
+            answer = s.distributions["answer_tokens"]
+            out.append(
+                f"- tokens per request, mean: {_num(reasoning.mean)} reasoning, "
+                f"{_num(answer.mean)} answer (max {_num(reasoning.max, 0)} and "
+                f"{_num(answer.max, 0)})"
+            )
     if res.token_note:
-        out.append(f"- note: {res.token_note}")
+        out.append(f"- **token counts**: {res.token_note}")
     if res.error:
-        out.append(f"- **error**: {res.error.splitlines()[0] if res.error else ''}")
+        first, _, rest = res.error.partition("\n")
+        out.append(f"- **error**: {first}")
+        if rest.strip():
+            out += ["", "<details><summary>error details</summary>", ""]
+            out += [*_fenced(rest), "</details>"]
     out.append("")
     if res.verdicts:
         out += ["| objective | measured | target | margin | n | |", "|---|---|---|---|---|---|"]
@@ -100,7 +179,10 @@ def scenario_section(res: ScenarioResult) -> str:
         pcts = list(s.percentiles)
         out.append("| ms | mean | " + " | ".join(f"p{p:g}" for p in pcts) + " | max | n |")
         out.append("|---" * (len(pcts) + 4) + "|")
-        for key, label in _LATENCY_ROWS:
+        rows = list(_LATENCY_ROWS)
+        if _reasoned(s):
+            rows.insert(1, ("ttfat", "time to first answer token"))
+        for key, label in rows:
             d = s.distributions[key]
             cells = (
                 [_ms(d.mean)] + [_ms(d.percentiles[p]) for p in pcts] + [_ms(d.max), str(d.count)]
@@ -121,8 +203,8 @@ def scenario_section(res: ScenarioResult) -> str:
     if s is not None and s.failures_by_category:
         out += ["| error | count | example |", "|---|---|---|"]
         for cat, n in s.failures_by_category.items():
-            example = s.error_examples.get(cat, "").replace("|", "\\|").replace("\n", " ")[:160]
-            out.append(f"| {cat} | {n} | {example} |")
+            example = _cell(s.error_examples.get(cat, "").replace("\n", " ")[:160])
+            out.append(f"| {_cell(cat)} | {n} | {example} |")
         out.append("")
     if res.telemetry is not None:
         out += markdown_lines(res.telemetry)
@@ -131,13 +213,17 @@ def scenario_section(res: ScenarioResult) -> str:
         out += [
             "<details><summary>server log tail</summary>",
             "",
-            "```",
-            res.server_log_tail.rstrip(),
-            "```",
+            *_fenced(res.server_log_tail),
             "</details>",
             "",
         ]
-    return "\n".join(out)
+    return result_secrets(res).scrub("\n".join(out))
+
+
+def _reasoned(s: Summary) -> bool:
+    """Whether the stream carried reasoning (counted, or streamed with no count available)."""
+    d = s.distributions.get("reasoning_tokens")
+    return "reasoning_tokens" in s.reasons or (d is not None and d.count > 0 and d.max > 0)
 
 
 def _num(v: float, digits: int = 1) -> str:
@@ -146,18 +232,28 @@ def _num(v: float, digits: int = 1) -> str:
 
 def _verdict_row(v: Verdict) -> str:
     m = v.measured
+    # a reason may be a whole start error with its log tail: its first line fits a cell, the
+    # rest is in the section's error details
+    reason = (m.reason or "").strip().partition("\n")[0]
     measured = (
-        f"not measurable: {m.reason}"
+        f"not measurable: {reason}"
         if math.isnan(m.value)
         else format_value(v.objective.metric, m.value)
     )
-    margin = "–" if v.margin is None or math.isnan(v.margin) else f"{v.margin:+.1%}"
+    if v.margin is None or math.isnan(v.margin):
+        margin = "–"
+    elif math.isinf(v.margin):
+        margin = "+∞" if v.margin > 0 else "−∞"
+    else:
+        margin = f"{v.margin:+.1%}"
     n = "–" if m.sample_size is None else str(m.sample_size)
     cells = [v.objective.metric, measured, v.objective.text, margin, n, _mark(v.passed)]
-    return "| " + " | ".join(cells) + " |"
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
-def render_markdown(results: Sequence[ScenarioResult], info: RunInfo) -> str:
+def render_markdown(
+    results: Sequence[ScenarioResult], info: RunInfo, notices: Sequence[str] = ()
+) -> str:
     """The whole report: run header, an overview, then one section per scenario and server."""
     passed = sum(1 for r in results if _status(r) == "PASS")
     out = ["# LLM SLO report", ""]
@@ -166,6 +262,7 @@ def render_markdown(results: Sequence[ScenarioResult], info: RunInfo) -> str:
     backends = sorted({_backend_line(r) for r in results})
     out.append("- servers: " + "; ".join(backends))
     out.append(f"- scenarios: {passed} of {len(results)} passed every objective")
+    out += [f"- note: {n}" for n in notices]
     out.append("")
     out += [
         "| scenario | server | result | output tok/s | TTFT p95 ms | TPOT mean ms | failures |",
@@ -185,7 +282,9 @@ def render_markdown(results: Sequence[ScenarioResult], info: RunInfo) -> str:
                 f"{s.failed}/{s.requests}",
             ]
         out.append(
-            f"| {r.scenario.name} | {r.server.name} | {_status(r)} | " + " | ".join(cells) + " |"
+            f"| {_cell(r.scenario.name)} | {_cell(r.server.name)} | {_status(r)} | "
+            + " | ".join(cells)
+            + " |"
         )
     out.append("")
     for r in results:
@@ -196,7 +295,7 @@ def render_markdown(results: Sequence[ScenarioResult], info: RunInfo) -> str:
         "ITL = gaps between content chunks; E2E = send to last byte; throughput over the measured "
         "window. Warmup requests are excluded."
     )
-    return "\n".join(out) + "\n"
+    return _all_secrets(results).scrub("\n".join(out) + "\n")
 
 
 def failure_text(res: ScenarioResult, verdict: Verdict | None) -> str:
@@ -215,118 +314,176 @@ def failure_text(res: ScenarioResult, verdict: Verdict | None) -> str:
         lines.append(f"requests: {s.requests} measured, {s.succeeded} ok, {s.failed} failed")
         for cat, n in list(s.failures_by_category.items())[:3]:
             lines.append(f"  {cat} x{n}: {s.error_examples.get(cat, '')[:300]}")
+    if res.token_note:
+        lines.append(f"token counts: {res.token_note}")
     if res.server_log_tail:
         lines += ["server log tail:", res.server_log_tail.rstrip()]
-    return "\n".join(lines)
+    return result_secrets(res).scrub("\n".join(lines))
 
 
-def results_json(results: Sequence[ScenarioResult], info: RunInfo) -> dict[str, Any]:
-    """Everything needed to compare runs later, under a versioned schema name."""
-    return {
+def results_json(
+    results: Sequence[ScenarioResult], info: RunInfo, run_id: str | None = None
+) -> dict[str, Any]:
+    """Everything needed to compare runs later, under a versioned schema name: JSON-ready (no
+    NaN, no Infinity, nothing json.dumps cannot write) and redacted."""
+    tree = {
         "schema": RESULTS_SCHEMA,
-        "run": dataclasses.asdict(info),
-        "scenarios": [_scenario_json(r) for r in results],
+        "run": {**jsonable(info), "id": run_id},
+        "scenarios": [_scenario_json_guarded(r) for r in results],
     }
+    scrubbed: dict[str, Any] = _all_secrets(results).scrub_tree(tree)
+    return scrubbed
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON data; never raises.
+
+    Non-finite numbers become null (with a reason beside them where one is known); dates and
+    paths become strings; what has no JSON form becomes a string marked ``<not JSON: ...>``.
+    """
+    kind = type(value)
+    if kind is float:  # the common cases first: requests.jsonl holds every chunk time
+        return value if math.isfinite(value) else None
+    if kind is int or kind is str or value is None:
+        return value
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((jsonable(v) for v in value), key=repr)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    try:
+        shown = repr(value)[:200]
+    except Exception:  # a broken __repr__ must not lose the report
+        shown = "?"
+    return f"<not JSON: {type(value).__name__} {shown}>"
+
+
+def _scenario_json_guarded(r: ScenarioResult) -> dict[str, Any]:
+    # one scenario that cannot be rendered must not take the others, or its verdicts, with it
+    try:
+        return _scenario_json(r)
+    except Exception as exc:
+        return {
+            "scenario": r.scenario.name,
+            "server": r.server.name,
+            "status": _status(r),
+            "verdicts": [
+                {"metric": v.objective.metric, "objective": v.objective.text, "passed": v.passed}
+                for v in r.verdicts
+            ],
+            "render_error": f"{type(exc).__name__}: {exc}",
+        }
+
+
+def load_json(load: LoadConfig) -> dict[str, Any]:
+    """A load's fields with credential-named headers and body fields hidden."""
+    data: dict[str, Any] = jsonable(load)
+    data["headers"] = redact_mapping(data.get("headers") or {})
+    data["extra_body"] = redact_mapping(data.get("extra_body") or {})
+    return data
+
+
+def server_json(cfg: ServerConfig) -> dict[str, Any]:
+    """A server's configuration as it ran, with credentials hidden (`api_key_env` is a name)."""
+    data: dict[str, Any] = jsonable(cfg)
+    data["args"] = redact_mapping(data.get("args") or {})
+    data["env"] = redact_mapping(data.get("env") or {})
+    data["extra_args"] = redact_command([str(a) for a in cfg.extra_args])
+    if cfg.base_url:
+        data["base_url"] = redact_url(cfg.base_url)
+    return data
+
+
+def endpoint_json(endpoint: Endpoint) -> dict[str, Any]:
+    data: dict[str, Any] = jsonable(endpoint)
+    data["base_url"] = redact_url(endpoint.base_url)
+    data["api_key"] = REDACTED if endpoint.api_key else None
+    return data
+
+
+def _margin_reason(v: Verdict) -> str | None:
+    if v.margin is None or math.isnan(v.margin):
+        return "not measured" if math.isnan(v.measured.value) else "no margin"
+    if math.isinf(v.margin):
+        side = "headroom" if v.margin > 0 else "shortfall"
+        return f"the threshold is 0: a {side} relative to it is unbounded"
+    return None
 
 
 def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
     s = r.summary
-    summary = None
+    summary: dict[str, Any] | None = None
     if s is not None:
         summary = {
-            f.name: getattr(s, f.name)
+            f.name: jsonable(getattr(s, f.name))
             for f in dataclasses.fields(s)
             if f.name not in ("samples", "distributions")
         }
-        summary["distributions"] = {k: dataclasses.asdict(d) for k, d in s.distributions.items()}
-    cleaned: dict[str, Any] = _clean(
-        {
-            "scenario": r.scenario.name,
-            "server": r.server.name,
-            "spec": r.spec_path,
-            "backend": r.server.backend,
-            "endpoint": dataclasses.asdict(r.endpoint) if r.endpoint else None,
-            "load": dataclasses.asdict(r.scenario.load),
-            "dataset": r.scenario.dataset,
-            "started": r.started,
-            "status": _status(r),
-            "error": r.error,
-            "interrupted": r.interrupted,
-            "summary": summary,
-            "telemetry": dataclasses.asdict(r.telemetry) if r.telemetry is not None else None,
-            "verdicts": [
-                {
-                    "metric": v.objective.metric,
-                    "objective": v.objective.text,
-                    "threshold": v.objective.threshold,
-                    "measured": v.measured.value,
-                    "sample_size": v.measured.sample_size,
-                    "reason": v.measured.reason,
-                    "passed": v.passed,
-                    "margin": v.margin,
-                }
-                for v in r.verdicts
-            ],
-        }
-    )
-    return cleaned
+        summary["distributions"] = {k: jsonable(d) for k, d in s.distributions.items()}
+    return {
+        "scenario": r.scenario.name,
+        "server": r.server.name,
+        "spec": r.spec_path,
+        "backend": r.server.backend,
+        "server_config": server_json(r.server),
+        "endpoint": endpoint_json(r.endpoint) if r.endpoint else None,
+        "load": load_json(_load(r)),
+        "spec_load": load_json(r.scenario.load),
+        "load_notes": list(r.load_notes),
+        "dataset": r.scenario.dataset,
+        "started": r.started,
+        "wall_seconds": jsonable(r.wall_seconds),
+        "status": _status(r),
+        "error": r.error,
+        "skipped": r.skipped,
+        "interrupted": r.interrupted,
+        # set when the server sent no usage: counts were estimated with a tokenizer
+        "token_note": r.token_note,
+        "summary": summary,
+        "telemetry": jsonable(r.telemetry),
+        "verdicts": [
+            {
+                "metric": v.objective.metric,
+                "objective": v.objective.text,
+                "threshold": jsonable(v.objective.threshold),
+                "measured": jsonable(v.measured.value),
+                "sample_size": v.measured.sample_size,
+                "reason": v.measured.reason,
+                "passed": v.passed,
+                "margin": jsonable(v.margin),
+                "margin_reason": _margin_reason(v),
+            }
+            for v in r.verdicts
+        ],
+    }
 
 
 def request_lines(results: Sequence[ScenarioResult]) -> list[str]:
     """Per-request JSONL: one line per request with its scenario, server and raw timestamps."""
     lines = []
     for r in results:
+        secrets = result_secrets(r)
         for rec in r.records:
-            row = dataclasses.asdict(rec)
+            row = jsonable(rec)
             row["error"] = str(rec.error) if rec.error else None
             row.update(scenario=r.scenario.name, server=r.server.name)
-            lines.append(json.dumps(_clean(row), ensure_ascii=False))
+            lines.append(json.dumps(secrets.scrub_tree(row), ensure_ascii=False, allow_nan=False))
     return lines
-
-
-@dataclass
-class Written:
-    markdown: str
-    messages: list[str] = field(default_factory=list)
-
-
-def write_reports(
-    results: Sequence[ScenarioResult], report_path: Path, step_summary: str | None
-) -> Written:
-    """Writes report.md, results.json, requests.jsonl and the GitHub job summary; never raises."""
-    info = collect_run_info(results, __version__)
-    markdown = render_markdown(results, info)
-    written = Written(markdown)
-    targets = [
-        (report_path, markdown),
-        (
-            report_path.with_name("results.json"),
-            json.dumps(results_json(results, info), indent=2, ensure_ascii=False),
-        ),
-        (report_path.with_name("requests.jsonl"), "\n".join(request_lines(results)) + "\n"),
-    ]
-    for path, text in targets:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            written.messages.append(f"llmslo: wrote {path}")
-        except OSError as exc:
-            written.messages.append(f"llmslo: could not write {path}: {exc}")
-    if step_summary:
-        try:
-            with open(step_summary, "a", encoding="utf-8") as fh:
-                fh.write(markdown + os.linesep)
-            written.messages.append("llmslo: appended the report to $GITHUB_STEP_SUMMARY")
-        except OSError as exc:
-            written.messages.append(f"llmslo: could not append to $GITHUB_STEP_SUMMARY: {exc}")
-    return written

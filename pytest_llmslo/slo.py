@@ -15,6 +15,11 @@ OPERATORS = ("<=", "<", ">=", ">")
 # Distributions over requests (or over chunk gaps, for itl); an objective picks one statistic.
 DISTRIBUTIONS: dict[str, tuple[UnitKind, str]] = {
     "ttft": (UnitKind.TIME, "time to first token: request sent -> first chunk with generated text"),
+    "ttfat": (
+        UnitKind.TIME,
+        "time to first answer token: request sent -> first chunk with answer text, after any "
+        "reasoning",
+    ),
     "ttfc": (UnitKind.TIME, "time to first chunk: request sent -> first SSE event of any kind"),
     "tpot": (UnitKind.TIME, "time per output token: (e2e - ttft) / (output_tokens - 1)"),
     "itl": (UnitKind.TIME, "inter-chunk latency: gaps between successive content-bearing chunks"),
@@ -22,6 +27,8 @@ DISTRIBUTIONS: dict[str, tuple[UnitKind, str]] = {
     "dispatch_lag": (UnitKind.TIME, "open loop: actual send time minus the scheduled send time"),
     "input_tokens": (UnitKind.COUNT, "prompt tokens per request"),
     "output_tokens": (UnitKind.COUNT, "generated tokens per request"),
+    "reasoning_tokens": (UnitKind.COUNT, "of the generated tokens, those spent reasoning"),
+    "answer_tokens": (UnitKind.COUNT, "generated tokens that are not reasoning"),
 }
 
 STATS: dict[str, str] = {
@@ -75,6 +82,7 @@ SCALARS: dict[str, tuple[UnitKind, str]] = {
 # Per-request objectives decide whether one request counts towards goodput.
 REQUEST_METRICS: dict[str, str] = {
     "ttft": "this request's time to first token",
+    "ttfat": "this request's time to first answer token",
     "tpot": "this request's time per output token",
     "e2e": "this request's end-to-end latency",
     "itl": "largest gap between two content-bearing chunks of this request",
@@ -302,7 +310,7 @@ def parse_objective(metric: str, text: str, *, line: int | None = None) -> Objec
 
 
 def parse_request_objective(metric: str, text: str, *, line: int | None = None) -> Objective:
-    """Parse a per-request objective for goodput (``ttft: "<= 2 s"``): ttft, tpot, e2e or itl."""
+    """Parse a per-request objective for goodput (``ttft: "<= 2 s"``): a REQUEST_METRICS name."""
     if metric not in REQUEST_METRICS:
         close = difflib.get_close_matches(metric, list(REQUEST_METRICS), n=1, cutoff=0.5)
         stat = _DISTRIBUTION_METRIC.fullmatch(metric)
@@ -319,7 +327,7 @@ def parse_request_objective(metric: str, text: str, *, line: int | None = None) 
 
 
 def derive_request_objectives(objectives: Iterable[Objective]) -> tuple[Objective, ...]:
-    """Per-request objectives implied by upper bounds on ttft/tpot/e2e/itl percentiles or maxima.
+    """Per-request objectives implied by upper bounds on percentiles or maxima of REQUEST_METRICS.
 
     ``ttft_p95 <= 2 s`` becomes ``ttft <= 2 s`` for each request; where several bound one base, the
     tightest wins, so a request only counts as good when it meets every stated bound.

@@ -7,14 +7,14 @@ import math
 import os
 import re
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.tokens import ScalarToken
 
 from pytest_llmslo.config import (
     ApiKind,
@@ -25,6 +25,7 @@ from pytest_llmslo.config import (
     LoadConfig,
     ServerConfig,
 )
+from pytest_llmslo.models import builtin_models, is_builtin
 from pytest_llmslo.slo import (
     Objective,
     ObjectiveError,
@@ -32,7 +33,20 @@ from pytest_llmslo.slo import (
     parse_objective,
     parse_request_objective,
 )
+from pytest_llmslo.spec_yaml import (
+    ALLOWED_TAGS,
+    MERGE_TAG,
+    STR_TAG,
+    Refused,
+    SpecLoader,
+    compose,
+    substitute,
+)
+from pytest_llmslo.spec_yaml import VAR_NAME as _VAR_NAME
 from pytest_llmslo.units import UnitError, UnitKind, parse_duration, parse_quantity
+
+if TYPE_CHECKING:
+    from pytest_llmslo.datasets import DatasetRows
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 FORMATS: tuple[str, ...] = typing.get_args(DatasetFormat)
@@ -114,93 +128,10 @@ class Spec:
     servers: dict[str, ServerConfig]
     datasets: dict[str, DatasetConfig]
     scenarios: dict[str, Scenario]
-
-
-# --- YAML with `${...}` kept whole inside flow collections --------------------------------------
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader whose plain scalars may hold ``${VAR:-default}`` inside ``{...}`` and ``[...]``.
-
-    Plain YAML ends a flow-context scalar at ``{``, so ``{path: ${DATA}/x.jsonl}`` would not parse;
-    this scanner consumes a ``${...}`` reference whole. Everything else is PyYAML's ``scan_plain``.
-    """
-
-    def scan_plain(self) -> ScalarToken:
-        chunks: list[Any] = []
-        start_mark = self.get_mark()
-        end_mark = start_mark
-        indent = self.indent + 1
-        spaces: list[Any] | None = []
-        breaks = "\0 \t\r\n\x85\u2028\u2029"
-        while True:
-            length = 0
-            if self.peek() == "#":
-                break
-            while True:
-                ch = self.peek(length)
-                if ch == "$" and self.peek(length + 1) == "{":
-                    end = length + 2
-                    while self.peek(end) not in "}" + breaks:
-                        end += 1
-                    if self.peek(end) == "}":
-                        length = end + 1
-                        continue
-                if (
-                    ch in breaks
-                    or (
-                        ch == ":"
-                        and self.peek(length + 1) in breaks + (",[]{}" if self.flow_level else "")
-                    )
-                    or (self.flow_level and ch in ",?[]{}")
-                ):
-                    break
-                length += 1
-            if length == 0:
-                break
-            self.allow_simple_key = False
-            chunks.extend(spaces or ())
-            chunks.append(self.prefix(length))
-            self.forward(length)
-            end_mark = self.get_mark()
-            spaces = self.scan_plain_spaces(indent, start_mark)
-            if not spaces or self.peek() == "#" or (not self.flow_level and self.column < indent):
-                break
-        return ScalarToken("".join(chunks), True, start_mark, end_mark)
-
-
-_REFERENCE = re.compile(r"\$(?:\$|\{(?P<body>[^}]*)\}|\{)")
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def substitute(text: str, env: Mapping[str, str]) -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}``; ``$$`` is a literal ``$``.
-
-    ``:-`` takes the default when the variable is unset or empty, as in the shell. Raises KeyError
-    naming a variable that is unset without a default, ValueError on a malformed reference.
-    """
-
-    def replace(match: re.Match[str]) -> str:
-        whole = match.group(0)
-        if whole == "$$":
-            return "$"
-        body = match["body"]
-        if body is None:
-            raise ValueError(f"unterminated '${{' in {text!r}: close it with '}}'")
-        name, sep, default = body.partition(":-")
-        if not _VAR_NAME.fullmatch(name):
-            raise ValueError(
-                f"invalid variable reference {whole!r} in {text!r}: write ${{NAME}} or "
-                "${NAME:-default} with a name of letters, digits and underscores"
-            )
-        value = env.get(name)
-        if value is None or (sep and value == ""):
-            if sep:
-                return default
-            raise KeyError(name)
-        return value
-
-    return _REFERENCE.sub(replace, text)
+    # the line of each `datasets.<name>`, for errors found later in its file
+    dataset_lines: dict[str, int] = field(default_factory=dict)
+    # dataset files as read and checked at collection: the run sends these very prompts
+    rows: dict[str, DatasetRows] = field(default_factory=dict)
 
 
 # --- reading nodes --------------------------------------------------------------------------------
@@ -248,7 +179,7 @@ class _Reader:
     def __init__(self, path: Path, env: Mapping[str, str]) -> None:
         self.path = path
         self.env = env
-        self._constructor = _SpecLoader("")
+        self._constructor = SpecLoader("")
 
     def error(
         self, node_or_line: Node | int | None, key: str, message: str, **kw: Any
@@ -266,8 +197,10 @@ class _Reader:
         allowed: Sequence[str] | None,
         *,
         what: str = "keys",
+        extensions: bool = False,
     ) -> dict[str, _Entry]:
-        """Entries of a mapping node; duplicate keys fail, so do keys missing from ``allowed``."""
+        """Entries of a mapping node; duplicate keys fail, so do keys missing from ``allowed``
+        (keys that start with ``x-`` too, unless ``extensions``)."""
         if not isinstance(node, MappingNode):
             raise self.error(
                 node,
@@ -276,8 +209,24 @@ class _Reader:
                 fix=f"See {DOCS} for the shape of this section.",
             )
         entries: dict[str, _Entry] = {}
+        inherited: dict[str, _Entry] = {}  # from merge keys: the mapping's own keys win
+        merge_line: int | None = None
         for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+            if isinstance(key_node, ScalarNode) and key_node.tag == MERGE_TAG:
+                line = key_node.start_mark.line + 1
+                if merge_line is not None:
+                    raise self.error(
+                        line,
+                        f"{path}.<<" if path else "<<",
+                        f"duplicate key (first written at line {merge_line})",
+                        fix="Merge several mappings with one key: <<: [*a, *b].",
+                    )
+                merge_line = line
+                for source in self._merge_sources(value_node, path):
+                    for key, entry in self.mapping(source, path, allowed, what=what).items():
+                        inherited.setdefault(key, entry)  # the first mapping listed wins
+                continue
+            if not isinstance(key_node, ScalarNode) or key_node.tag != STR_TAG:
                 shown = key_node.value if isinstance(key_node, ScalarNode) else _node_kind(key_node)
                 raise self.error(
                     key_node,
@@ -295,7 +244,11 @@ class _Reader:
                     f"duplicate key (first written at line {entries[key].line})",
                     fix="Keep one of them; YAML would silently drop the first.",
                 )
-            if allowed is not None and key not in allowed:
+            if (
+                allowed is not None
+                and key not in allowed
+                and not (extensions and key.startswith("x-"))
+            ):
                 close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
                 raise self.error(
                     line,
@@ -306,7 +259,19 @@ class _Reader:
                     fix=f"Did you mean {close[0]!r}?" if close else f"See {DOCS}.",
                 )
             entries[key] = _Entry(key, value_node, dotted, line)
-        return entries
+        return {**inherited, **entries}
+
+    def _merge_sources(self, node: Node, path: str) -> list[MappingNode]:
+        """The mappings a merge key (``<<: *base`` or ``<<: [*a, *b]``) brings in."""
+        sources = node.value if isinstance(node, SequenceNode) else [node]
+        if not sources or not all(isinstance(source, MappingNode) for source in sources):
+            raise self.error(
+                node,
+                f"{path}.<<" if path else "<<",
+                f"a merge key takes a mapping or a list of mappings, got {self._describe(node)}",
+                fix="Write <<: *name, where &name marks a mapping, or <<: [*a, *b].",
+            )
+        return list(sources)
 
     def _describe(self, node: Node) -> str:
         if isinstance(node, ScalarNode):
@@ -318,7 +283,7 @@ class _Reader:
         """The value of a scalar after ``${VAR}`` substitution, typed as YAML would type it."""
         text = node.value
         if "$" not in text:
-            return self._constructor.construct_object(node, deep=True)
+            return self._construct(node, path)
         try:
             substituted = substitute(text, self.env)
         except KeyError as missing:
@@ -335,7 +300,22 @@ class _Reader:
             return substituted
         # A plain scalar is typed after substitution, so `requests: ${N:-100}` is an integer.
         tag = self._plain_tag(substituted)
-        return self._constructor.construct_object(ScalarNode(tag, substituted), deep=True)
+        return self._construct(ScalarNode(tag, substituted, node.start_mark), path)
+
+    def _construct(self, node: ScalarNode, path: str) -> Any:
+        if node.tag == MERGE_TAG:  # `<<` merges only as a key; as a value it is text
+            return node.value
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, KeyError, TypeError, OverflowError):
+            # an explicit tag on text of another type: `!!int abc`
+            shown = ALLOWED_TAGS.get(node.tag, node.tag)
+            raise self.error(
+                node,
+                path,
+                f"{node.value!r} is not a valid {shown} value",
+                fix=f"Remove the tag {shown}, or write a value of that type.",
+            ) from None
 
     def value(self, node: Node, path: str) -> Any:
         """Any YAML value as plain Python (for free-form sections like server args)."""
@@ -410,6 +390,13 @@ class _Reader:
         value = self.scalar(entry)
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise self._wrong_type(entry, value, "a number", "1.0")
+        if math.isinf(value):
+            raise self.error(
+                entry.node,
+                entry.path,
+                f"expected a finite number, got {value!r}",
+                fix=f"Write a number, e.g. {entry.key}: 1.0.",
+            )
         if positive and value <= 0:
             raise self.error(entry.node, entry.path, f"must be above 0, got {value!r}")
         self._check_range(entry, value, minimum, maximum)
@@ -425,6 +412,15 @@ class _Reader:
 
     def duration(self, entry: _Entry) -> float:
         value = self.scalar(entry)
+        if isinstance(value, str) and self._plain_tag(value.strip()) in (_INT_TAG, _FLOAT_TAG):
+            # as everywhere in a spec, quotes make text, and text needs its unit
+            raise self.error(
+                entry.node,
+                entry.path,
+                f"expected a duration, got the string {value!r} without a time unit",
+                fix=f"Remove the quotes for seconds ({entry.key}: {value.strip()}), or add a "
+                f'unit: {entry.key}: "{value.strip()} s".',
+            )
         try:
             seconds = parse_duration(value)
         except UnitError as error:
@@ -496,6 +492,8 @@ SERVER_KEYS = (
     "api_key_env",
     "stop_timeout",
     "skip_if_missing",
+    "tokenizer",
+    "metrics",
 )
 DATASET_KEYS = (
     "format",
@@ -511,6 +509,7 @@ DATASET_KEYS = (
 LOAD_KEYS = (
     "api",
     "stream",
+    "include_usage",
     "parallel",
     "rate",
     "arrival",
@@ -531,6 +530,9 @@ LOAD_KEYS = (
     "connect_timeout",
     "read_timeout",
     "total_timeout",
+    "max_response_bytes",
+    "max_consecutive_timeouts",
+    "failure_budget",
 )
 SCENARIO_KEYS = (
     "servers",
@@ -542,7 +544,17 @@ SCENARIO_KEYS = (
     "percentiles",
 )
 _DEVICE = re.compile(r"auto|cpu|cuda(?::\d+)?")
+# scenario and server names are parts of test ids (spec.yaml::scenario::server::objective)
 _SCENARIO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# One client process: each user holds a connection and the engine ingests about 125k chunks/s on
+# one core (docs/load-engine.md), so 10,000 users streaming over 12 chunks/s each already outrun
+# it, and sending 10,000 requests a second leaves it no time to read the answers.
+MAX_PARALLEL = 10_000
+MAX_RATE = 10_000.0
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+_CLIENT_HEADERS = ("host", "content-length", "content-type", "transfer-encoding")
 
 
 def _server(reader: _Reader, name: str, node: Node, line: int) -> ServerConfig:
@@ -562,8 +574,17 @@ def _server(reader: _Reader, name: str, node: Node, line: int) -> ServerConfig:
     for key, entry in entries.items():
         if key == "backend":
             continue
-        if key in ("model", "served_model_name", "host"):
+        if key == "model":
+            # an external server's empty model means: the first one its /v1/models lists
+            kw[key] = reader.string(entry, allow_empty=backend == "external").strip()
+            if is_builtin(kw[key]):
+                _builtin_model(reader, entry, kw[key], backend)
+        elif key in ("served_model_name", "host"):
             kw[key] = reader.string(entry)
+        elif key == "tokenizer":
+            kw[key] = _tokenizer(reader, entry)
+        elif key == "metrics":
+            kw[key] = _metrics_mode(reader, entry, backend)
         elif key == "args":
             args = reader.value(entry.node, entry.path)
             if not isinstance(args, dict):
@@ -614,11 +635,12 @@ def _server(reader: _Reader, name: str, node: Node, line: int) -> ServerConfig:
             kw["port"] = reader.integer(entry, minimum=1, maximum=65535)
         elif key == "base_url":
             url = reader.string(entry)
-            if not url.startswith(("http://", "https://")):
+            problem = http_url_problem(url)
+            if problem is not None:
                 raise reader.error(
                     entry.node,
                     entry.path,
-                    f"{url!r} is not an http(s) URL",
+                    problem,
                     fix="Write e.g. base_url: http://host:8000 (without /v1).",
                 )
             kw["base_url"] = url.rstrip("/")
@@ -656,6 +678,68 @@ def _server(reader: _Reader, name: str, node: Node, line: int) -> ServerConfig:
                 fix="Remove base_url, or set backend: external.",
             )
     return ServerConfig(name=name, backend=backend, **kw)  # type: ignore[arg-type]
+
+
+def _builtin_model(reader: _Reader, entry: _Entry, model: str, backend: str) -> None:
+    """A ``builtin:`` model id must be one of ours, and served by a server the plugin starts."""
+    known = builtin_models()
+    if model not in known:
+        close = difflib.get_close_matches(model, known, n=1, cutoff=0.6)
+        raise reader.error(
+            entry.node,
+            entry.path,
+            f"unknown built-in model {model!r}",
+            choices=known,
+            choices_label="Built-in models",
+            fix=(f"Did you mean {close[0]!r}? " if close else "")
+            + "Or name a hub id or a local model directory.",
+        )
+    if backend == "external":
+        raise reader.error(
+            entry.node,
+            entry.path,
+            "a built-in model is served by a server the plugin starts, not by an external one",
+            fix="Set backend: vllm or hf, or name the model the external service serves.",
+        )
+
+
+def _tokenizer(reader: _Reader, entry: _Entry) -> str:
+    """A tokenizer: a ``builtin:`` model, a hub id, or a local directory that must exist."""
+    value = reader.string(entry).strip()
+    if is_builtin(value):
+        _builtin_model(reader, entry, value, "")
+    elif value.startswith(("/", "./", "../", "~")):
+        where = Path(value).expanduser()
+        if not where.is_dir() and not (where.is_file() and where.name == "tokenizer.json"):
+            raise reader.error(
+                entry.node,
+                entry.path,
+                f"tokenizer directory {value!r} does not exist",
+                fix="Point it at the model directory holding tokenizer.json (relative paths are "
+                "taken from the working directory, as for model), or give a hub id.",
+            )
+    return value
+
+
+def _metrics_mode(reader: _Reader, entry: _Entry, backend: str) -> bool | None:
+    value = reader.scalar(entry)
+    if value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise reader.error(
+            entry.node,
+            entry.path,
+            f"expected true, false or auto, got {value!r}",
+            fix="Write metrics: auto (scrape /metrics when served), true (require it) or false.",
+        )
+    if value and backend == "hf":
+        raise reader.error(
+            entry.node,
+            entry.path,
+            "transformers serve has no /metrics endpoint",
+            fix="Remove metrics, or set it to auto or false.",
+        )
+    return value
 
 
 _FILE_FORMATS = tuple(f for f in FORMATS if f != "random")
@@ -735,6 +819,82 @@ def _dataset(reader: _Reader, name: str, node: Node, line: int) -> DatasetConfig
     return DatasetConfig(name=name, format=fmt, **kw)  # type: ignore[arg-type]
 
 
+def http_url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as a server's base URL, or None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an http(s) URL"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return f"{url!r} has no valid port: ports are 1-65535"
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return f"{url!r} holds whitespace or control characters"
+    return None
+
+
+def _headers(reader: _Reader, entry: _Entry) -> dict[str, str]:
+    """Headers as the client writes them: token names, values on one line in Latin-1."""
+    headers = reader.string_map(entry)
+    entries = reader.mapping(entry.node, entry.path, None)
+    for name, value in headers.items():
+        sub = entries[name]
+        if not _HEADER_NAME.fullmatch(name):
+            raise reader.error(
+                sub.line,
+                sub.path,
+                f"{name!r} is not an HTTP header name",
+                fix="Header names are letters, digits and -, e.g. X-Request-Source.",
+            )
+        if name.lower() in _CLIENT_HEADERS:
+            raise reader.error(
+                sub.line,
+                sub.path,
+                f"the client writes {name} itself",
+                fix="Remove this header.",
+            )
+        control = next((ch for ch in value if ch != "\t" and not 32 <= ord(ch) != 127), None)
+        if control is not None:
+            raise reader.error(
+                sub.node,
+                sub.path,
+                f"the value holds the control character {control!r}: a line break would end "
+                "the header and start another",
+                fix="Write the value on one line (a block scalar | or > ends with a line break).",
+            )
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError as error:
+            raise reader.error(
+                sub.node,
+                sub.path,
+                f"the value holds {value[error.start]!r}, which an HTTP header cannot carry "
+                "(Latin-1 text only)",
+                fix="Use ASCII text, or encode the value (e.g. percent-encoding) as the server "
+                "expects.",
+            ) from None
+    return headers
+
+
+def _check_json(reader: _Reader, entry: _Entry, value: Any, path: str) -> None:
+    """``extra_body`` goes out as JSON, which has no infinity or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise reader.error(
+            entry.node,
+            path,
+            f"{value!r} cannot be sent: JSON has no infinity or NaN",
+            fix="Write a finite number, or quote the value to send it as text.",
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(reader, entry, item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(reader, entry, item, f"{path}[{i}]")
+
+
 def _load(
     reader: _Reader, entries: Mapping[str, _Entry], scenario_path: str, line: int
 ) -> LoadConfig:
@@ -744,11 +904,13 @@ def _load(
             kw[key] = reader.choice(entry, APIS, "api")
         elif key == "arrival":
             kw[key] = reader.choice(entry, ARRIVALS, "arrival")
-        elif key in ("stream", "request_seed"):
+        elif key in ("stream", "include_usage", "request_seed"):
             kw[key] = reader.boolean(entry)
         elif key == "ignore_eos":
             kw[key] = None if reader.scalar(entry) is None else reader.boolean(entry)
-        elif key in ("parallel", "requests"):
+        elif key == "parallel":
+            kw[key] = reader.integer(entry, minimum=1, maximum=MAX_PARALLEL)
+        elif key == "requests":
             kw[key] = reader.integer(entry, minimum=1)
         elif key in ("warmup", "min_tokens"):
             kw[key] = reader.integer(entry, minimum=0)
@@ -769,6 +931,14 @@ def _load(
                     raise reader.error(entry.node, entry.path, f"must be above 0, got {value!r}")
             else:
                 kw[key] = reader.number(entry, positive=True)
+            if kw[key] > MAX_RATE:
+                raise reader.error(
+                    entry.node,
+                    entry.path,
+                    f"must be at most {MAX_RATE:,.0f} req/s, got {value!r}",
+                    fix="One client process cannot send faster than that; see the load limits "
+                    f"in {DOCS}.",
+                )
         elif key == "burstiness":
             kw[key] = reader.number(entry, positive=True)
         elif key == "temperature":
@@ -786,10 +956,21 @@ def _load(
             body = reader.value(entry.node, entry.path)
             if not isinstance(body, dict):
                 raise reader._wrong_type(entry, body, "a mapping", "{repetition_penalty: 1.0}")
+            _check_json(reader, entry, body, entry.path)
             kw[key] = body
         elif key == "headers":
-            kw[key] = reader.string_map(entry)
+            kw[key] = _headers(reader, entry)
+        elif key in ("max_response_bytes", "max_consecutive_timeouts", "failure_budget"):
+            kw[key] = _stop_limit(reader, entry)
     load_path = f"{scenario_path}.load"
+    budget = kw.get("failure_budget")
+    if isinstance(budget, float) and kw.get("requests") is None:
+        raise reader.error(
+            entries["failure_budget"].node,
+            entries["failure_budget"].path,
+            "a percentage budget is a share of 'requests', and this load sets only 'duration'",
+            fix="Give a count of failed requests instead, e.g. failure_budget: 10.",
+        )
     if kw.get("parallel") is None and kw.get("rate") is None:
         raise reader.error(
             line,
@@ -805,6 +986,46 @@ def _load(
             fix="Add e.g. requests: 100 or duration: 60s.",
         )
     return LoadConfig(**kw)
+
+
+def _stop_limit(reader: _Reader, entry: _Entry) -> int | float | None:
+    """max_response_bytes (bytes or a memory size), max_consecutive_timeouts (a count or null),
+    failure_budget (a count, a percentage of `requests`, or null)."""
+    value = reader.scalar(entry)
+    key = entry.key
+    if value is None and key != "max_response_bytes":
+        return None  # never stop for this reason
+    if key == "max_response_bytes":
+        if isinstance(value, str):
+            try:
+                size = parse_quantity(value, UnitKind.MEMORY).value
+            except UnitError as error:
+                raise reader.error(entry.node, entry.path, error.message, fix=error.fix) from None
+            if size < 1:
+                raise reader.error(entry.node, entry.path, f"must be at least 1 B, got {value!r}")
+            return int(size)
+        return reader.integer(entry, minimum=1)
+    if key == "failure_budget" and isinstance(value, str):
+        try:
+            share = parse_quantity(value, UnitKind.RATIO)
+        except UnitError as error:
+            raise reader.error(entry.node, entry.path, error.message, fix=error.fix) from None
+        if share.unit != "%" or share.value <= 0:
+            raise reader.error(
+                entry.node,
+                entry.path,
+                f"expected a count of failed requests or a percentage above 0, got {value!r}",
+                fix="Write e.g. failure_budget: 10 (requests) or failure_budget: 5%.",
+            )
+        return float(share.value)
+    if key == "failure_budget" and isinstance(value, float):
+        raise reader.error(
+            entry.node,
+            entry.path,
+            f"expected a count of failed requests or a percentage, got {value!r}",
+            fix=f"Write a share of the requests as a percentage, e.g. {value * 100:g}%.",
+        )
+    return reader.integer(entry, minimum=1 if key == "max_consecutive_timeouts" else 0)
 
 
 def _objectives(
@@ -983,8 +1204,8 @@ def _scenario(
             goodput[0].line,
             f"{path}.slo.{goodput[0].metric}",
             "goodput counts requests that meet per-request objectives, and this scenario has none",
-            fix='Add request_slo: {ttft: "<= 2 s"} (ttft, tpot, e2e, itl), or an slo bound '
-            "on a ttft/tpot/e2e/itl percentile to derive them from.",
+            fix='Add request_slo: {ttft: "<= 2 s"} (ttft, ttfat, tpot, e2e, itl), or an slo '
+            "bound on a ttft/ttfat/tpot/e2e/itl percentile to derive them from.",
         )
 
     if "percentiles" in entries:
@@ -1017,7 +1238,9 @@ def _compose(path: Path) -> Node | None:
     except UnicodeDecodeError as error:
         raise SpecError(path, None, "", f"not UTF-8 text: {error.reason}") from None
     try:
-        return yaml.compose(text, Loader=_SpecLoader)
+        return compose(text)
+    except Refused as refused:
+        raise SpecError(path, refused.line, refused.key, refused.message, fix=refused.fix) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -1067,7 +1290,12 @@ def load_spec(path: Path, env: Mapping[str, str] | None = None) -> Spec:
             "the spec is empty",
             fix=f"Add servers, datasets and scenarios; see {DOCS}.",
         )
-    top = reader.mapping(root, "", TOP_KEYS)
+    # top-level `x-` keys hold anchors for merge keys (`x-vllm: &vllm {...}`), as in Compose files
+    top = {
+        key: entry
+        for key, entry in reader.mapping(root, "", TOP_KEYS, extensions=True).items()
+        if not key.startswith("x-")
+    }
 
     if "version" in top:
         version = reader.scalar(top["version"])
@@ -1097,13 +1325,29 @@ def load_spec(path: Path, env: Mapping[str, str] | None = None) -> Spec:
     servers = {
         e.key: _server(reader, e.key, e.node, e.line)
         for e in _section(reader, top, "servers", "server")
+        if _check_server_name(reader, e)
     }
-    datasets = {
-        e.key: _dataset(reader, e.key, e.node, e.line)
-        for e in _section(reader, top, "datasets", "dataset")
-    }
+    dataset_entries = list(_section(reader, top, "datasets", "dataset"))
+    datasets = {e.key: _dataset(reader, e.key, e.node, e.line) for e in dataset_entries}
     scenarios = {
         e.key: _scenario(reader, e.key, e.node, e.line, defaults, servers, datasets)
         for e in _section(reader, top, "scenarios", "scenario")
     }
-    return Spec(path=path, servers=servers, datasets=datasets, scenarios=scenarios)
+    return Spec(
+        path=path,
+        servers=servers,
+        datasets=datasets,
+        scenarios=scenarios,
+        dataset_lines={e.key: e.line for e in dataset_entries},
+    )
+
+
+def _check_server_name(reader: _Reader, entry: _Entry) -> bool:
+    if not _SCENARIO_NAME.fullmatch(entry.key):
+        raise reader.error(
+            entry.line,
+            entry.path,
+            "server names may hold letters, digits, '_', '-' and '.' only",
+            fix="Rename it, e.g. vllm-a; the name appears in test ids.",
+        )
+    return True

@@ -18,7 +18,6 @@ from pytest_llmslo.servers.hf import HFServer
 from pytest_llmslo.servers.process import (
     ManagedServer,
     ProcessInfo,
-    install_signal_handlers,
     live_servers,
     process_tree,
     stop_all_servers,
@@ -37,7 +36,6 @@ __all__ = [
     "VLLMServer",
     "args_to_flags",
     "free_port",
-    "install_signal_handlers",
     "is_vllm_cpu_build",
     "live_servers",
     "make_server",

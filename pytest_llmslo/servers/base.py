@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import time
@@ -12,11 +13,12 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from pytest_llmslo.config import ServerConfig
+from pytest_llmslo.netpolicy import ProbeAnswer, ProbeAnswerError, bounded_get, probe_client
 from pytest_llmslo.records import Endpoint
+from pytest_llmslo.redact import Secrets, redact_command
 
 LOG_TAIL_LINES = 40
 POLL_INTERVAL = 0.25  # seconds between readiness probes
-PROBE_TIMEOUT = httpx.Timeout(2.0, connect=0.5)
 
 
 class ServerStartError(RuntimeError):
@@ -65,13 +67,19 @@ def start_error(
     log_tail: str = "",
     log_path: str | None = None,
     hint: str = "",
+    secrets: Secrets | None = None,
 ) -> str:
-    """Format a start failure: which server, what happened, the command, the log tail, the fix."""
+    """Format a start failure: which server, what happened, the command, the log tail, the fix.
+
+    The text ends up in test failures and reports, so credential options of the command and
+    URL user-info are hidden, and `secrets` (the server's own credentials) are scrubbed from the
+    whole of it, the log tail included: servers print their arguments when they start.
+    """
     import shlex
 
     parts = [f"server {name!r}: {what}"]
     if command is not None:
-        parts.append(f"command: {shlex.join(command)}")
+        parts.append(f"command: {shlex.join(redact_command(command))}")
     if log_path:
         parts.append(f"log: {log_path}")
     if hint:
@@ -80,7 +88,8 @@ def start_error(
         parts.append(f"last lines of the server log:\n{log_tail.rstrip()}")
     elif command is not None:
         parts.append("the server log is empty")
-    return "\n".join(parts)
+    # URL user-info (base_url) and Authorization lines go even when no secret values are known
+    return (secrets or Secrets()).scrub("\n".join(parts))
 
 
 def api_key_from_env(config: ServerConfig) -> str | None:
@@ -153,6 +162,10 @@ class NotReady(Exception):
     """The server was still starting; `reason` says what the last probe saw."""
 
 
+class Unreachable(NotReady):
+    """Nothing accepted the connection (refused, unknown host, no route): nothing is listening."""
+
+
 def probe_ready(
     client: httpx.Client,
     base_url: str,
@@ -161,24 +174,29 @@ def probe_ready(
 ) -> list[str]:
     """Probe each readiness path once; return the model ids from /v1/models (if probed).
 
-    Raises NotReady while any path does not answer 200.
+    Raises NotReady while any path does not answer 200 (Unreachable when the connection itself
+    was refused).
     """
     model_ids: list[str] = []
     for path in paths:
         try:
-            response = client.get(base_url + path, headers=dict(headers))
+            response = bounded_get(client, base_url + path, headers)
+        except httpx.ConnectError as exc:
+            raise Unreachable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise NotReady(f"GET {path}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise NotReady(f"GET {path}: HTTP {response.status_code} {response.text[:200]!r}")
+        except ProbeAnswerError as exc:
+            raise NotReady(str(exc)) from exc
+        if response.status != 200:
+            raise NotReady(f"GET {path}: HTTP {response.status} {response.text[:200]!r}")
         if path.endswith("/v1/models"):
             model_ids = _model_ids(response)
     return model_ids
 
 
-def _model_ids(response: httpx.Response) -> list[str]:
+def _model_ids(response: ProbeAnswer) -> list[str]:
     try:
-        body: Any = response.json()
+        body: Any = json.loads(response.content)
     except ValueError as exc:
         raise NotReady(f"GET /v1/models: not JSON: {response.text[:200]!r}") from exc
     data = body.get("data") if isinstance(body, dict) else None
@@ -194,21 +212,32 @@ def wait_ready(
     timeout: float,
     headers: Mapping[str, str] | None = None,
     check_alive: Callable[[], None] | None = None,
+    unreachable_grace: float | None = None,
 ) -> list[str]:
     """Poll the readiness paths until all answer 200 or `timeout` seconds pass.
 
     `check_alive` runs before every probe and raises when the server process has exited, so a
-    crash is reported at once instead of after the whole timeout. Returns the model ids seen at
-    /v1/models; raises TimeoutError with the last probe's answer.
+    crash is reported at once instead of after the whole timeout. With `unreachable_grace`,
+    connections refused for that long raise ConnectionRefusedError at once: a server that is
+    already supposed to run fails fast, while one that accepts connections but is still loading
+    gets the whole timeout. Returns the model ids seen at /v1/models; raises TimeoutError with
+    the last probe's answer.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last = "no answer yet"
-    with httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client:
+    with probe_client() as client:
         while True:
             if check_alive is not None:
                 check_alive()
             try:
                 return probe_ready(client, base_url, paths, headers or {})
+            except Unreachable as exc:
+                last = str(exc)
+                if unreachable_grace is not None and (
+                    time.monotonic() - started >= min(unreachable_grace, timeout)
+                ):
+                    raise ConnectionRefusedError(last) from None
             except NotReady as exc:
                 last = str(exc)
             if time.monotonic() >= deadline:
@@ -216,14 +245,18 @@ def wait_ready(
             time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
-def has_prometheus_metrics(base_url: str, headers: Mapping[str, str] | None = None) -> bool:
-    """Whether GET /metrics answers Prometheus text."""
+def metrics_problem(base_url: str, headers: Mapping[str, str] | None = None) -> str | None:
+    """None when GET /metrics answers Prometheus text, else what it answered instead."""
     try:
-        with httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client:
-            response = client.get(base_url + "/metrics", headers=dict(headers or {}))
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200 and "# TYPE" in response.text
+        with probe_client() as client:
+            response = bounded_get(client, base_url + "/metrics", headers)
+    except (httpx.HTTPError, ProbeAnswerError) as exc:
+        return f"GET /metrics failed ({type(exc).__name__}: {exc})"
+    if response.status != 200:
+        return f"GET /metrics answered HTTP {response.status}"
+    if "# TYPE" not in response.text:
+        return "GET /metrics answered something other than Prometheus text"
+    return None
 
 
 def args_to_flags(args: Mapping[str, Any]) -> list[str]:
@@ -233,8 +266,6 @@ def args_to_flags(args: Mapping[str, Any]) -> list[str]:
     flag; ``false``/``None`` -> omitted; a list -> the flag followed by each value; a mapping ->
     the flag followed by its JSON text.
     """
-    import json
-
     flags: list[str] = []
     for key, value in args.items():
         flag = key if key.startswith("-") else "--" + key.replace("_", "-")

@@ -1,8 +1,12 @@
-"""A server that is already running somewhere: we only check that it answers, never stop it."""
+"""A server that is already running somewhere: we only check that it answers, never stop it.
+
+It is expected to run already: a refused connection fails the start within seconds, while a
+server that accepts connections but is not ready (503 while loading) is waited for up to
+``startup_timeout``. Its ``/metrics`` is asked for once at start unless ``metrics: false``.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar
 
 from pytest_llmslo.config import ServerConfig
@@ -11,10 +15,12 @@ from pytest_llmslo.servers.base import (
     LOG_TAIL_LINES,
     ServerStartError,
     api_key_from_env,
-    has_prometheus_metrics,
+    metrics_problem,
     start_error,
     wait_ready,
 )
+
+UNREACHABLE_GRACE_S = 2.0  # refused connections for this long: nothing is listening there
 
 
 def normalize_base_url(url: str) -> str:
@@ -46,6 +52,8 @@ class ExternalServer:
         self.config = config
         self.base_url = normalize_base_url(config.base_url)
         self._endpoint: Endpoint | None = None
+        # why /metrics is not scraped, for the report; None while it is (or before start)
+        self.metrics_reason: str | None = None
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -57,14 +65,23 @@ class ExternalServer:
     def start(self) -> Endpoint:
         api_key = self.api_key()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        started = time.monotonic()
         try:
             model_ids = wait_ready(
                 self.base_url,
                 self.readiness_paths,
                 timeout=self.config.startup_timeout,
                 headers=headers,
+                unreachable_grace=UNREACHABLE_GRACE_S,
             )
+        except ConnectionRefusedError as exc:
+            raise ServerStartError(
+                start_error(
+                    self.config.name,
+                    f"nothing accepts connections at {self.base_url} ({exc})",
+                    hint="an external server must be running before the tests start: check "
+                    "base_url (or --slo-server-url) and that the service is up",
+                )
+            ) from None
         except TimeoutError as exc:
             raise ServerStartError(
                 start_error(
@@ -90,10 +107,31 @@ class ExternalServer:
             model=model,
             backend=self.backend,
             api_key=api_key,
-            startup_seconds=time.monotonic() - started,
-            has_metrics=has_prometheus_metrics(self.base_url, headers),
+            # not started by this run: its start-up time is unknown, not the probe's 40 ms
+            startup_seconds=None,
+            has_metrics=self._check_metrics(headers),
         )
         return self._endpoint
+
+    def _check_metrics(self, headers: dict[str, str]) -> bool:
+        """Whether to scrape /metrics, as `config.metrics` asks; sets metrics_reason if not."""
+        if self.config.metrics is False:
+            self.metrics_reason = "not scraped: the server's spec sets `metrics: false`"
+            return False
+        problem = metrics_problem(self.base_url, headers)
+        if problem is None:
+            self.metrics_reason = None
+            return True
+        if self.config.metrics is True:
+            raise ServerStartError(
+                start_error(
+                    self.config.name,
+                    f"`metrics: true`, but {self.base_url}/metrics is not served: {problem}",
+                    hint="set metrics: auto (scrape when served) or false, or serve /metrics",
+                )
+            )
+        self.metrics_reason = f"not served by this server ({problem} when the run started)"
+        return False
 
     def stop(self) -> None:
         """Nothing to stop: the server is not ours."""

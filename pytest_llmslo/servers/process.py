@@ -1,4 +1,10 @@
-"""Servers we launch as child processes: start, readiness, process tree, a stop leaving nothing."""
+"""Servers we launch as child processes: start, readiness, process tree, a stop leaving nothing.
+
+Stopping needs only POSIX process groups (`os.killpg`), so it works on Linux and macOS; where
+/proc exists (Linux) the process tree is also walked, which finds descendants that left the
+group. A watchdog process (`watchdog.py`) kills a server whose plugin process died without
+stopping it (SIGKILL, the OOM killer).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,18 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any, ClassVar
+from typing import IO, ClassVar
 
+from pytest_llmslo import interrupts
 from pytest_llmslo.config import ServerConfig
 from pytest_llmslo.records import Endpoint
+from pytest_llmslo.redact import server_secrets
 from pytest_llmslo.servers.base import (
     LOG_TAIL_LINES,
     BackendMissingError,
@@ -30,8 +38,11 @@ from pytest_llmslo.servers.base import (
     start_error,
     wait_ready,
 )
+from pytest_llmslo.servers.watchdog import DISARM
 
 _GONE_STATES = frozenset("ZXx")  # zombie or dead: no longer running, nothing left to stop
+PROC = Path("/proc")  # absent on macOS: the tree walk then finds nothing, and groups do the work
+_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,8 @@ class ProcessInfo:
 def read_process(pid: int) -> ProcessInfo | None:
     """Read /proc/<pid>/stat; None when the process does not exist (any more)."""
     try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        data = (PROC / str(pid) / "stat").read_text()
+    except OSError:
         return None
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'
     fields = data[data.rindex(")") + 2 :].split()
@@ -69,8 +80,13 @@ def read_process(pid: int) -> ProcessInfo | None:
 
 
 def all_processes() -> list[ProcessInfo]:
+    """Every process in /proc; empty where there is no /proc."""
     processes = []
-    for entry in os.listdir("/proc"):
+    try:
+        entries = os.listdir(PROC)
+    except OSError:
+        return []
+    for entry in entries:
         if entry.isdigit():
             info = read_process(int(entry))
             if info is not None:
@@ -127,6 +143,17 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _group_exists(pgid: int) -> bool:
+    """Whether any process (a zombie too) is still in process group `pgid`; needs no /proc."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _signal_process(info: ProcessInfo, sig: signal.Signals) -> None:
     if still_running(info):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -170,7 +197,9 @@ class ManagedServer:
         self._known: list[ProcessInfo] = []
         self._endpoint: Endpoint | None = None
         self._command: list[str] = []
+        self._watchdog: _Watchdog | None = None
         self._lock = threading.RLock()
+        self._known_lock = threading.Lock()  # _known is also updated by telemetry's thread
 
     # --- what a backend provides -------------------------------------------------------------
 
@@ -253,20 +282,17 @@ class ManagedServer:
             self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop)
             started = time.monotonic()
             try:
-                self._proc = subprocess.Popen(
-                    self._command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=self._log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
+                self._proc = self._launch(env)
             except OSError as exc:
                 self._close_log()
                 raise ServerStartError(
-                    start_error(self.config.name, f"could not launch: {exc}", command=self._command)
+                    start_error(
+                        self.config.name,
+                        f"could not launch: {exc}",
+                        command=self._command,
+                        secrets=server_secrets(self.config),
+                    )
                 ) from exc
-            _register(self)
             base_url = f"http://{connect_host(host)}:{port}"
             headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
             try:
@@ -293,6 +319,7 @@ class ManagedServer:
             except BaseException:
                 self.stop()
                 raise
+            self.pids()  # remember the tree now: a stop finds even what later leaves the group
             self._endpoint = Endpoint(
                 base_url=base_url,
                 model=self.served_model(model_ids),
@@ -306,6 +333,22 @@ class ManagedServer:
             )
             return self._endpoint
 
+    def _launch(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        # a signal between the launch and the watchdog's start would leave a server nobody stops
+        with interrupts.shielded():
+            proc = subprocess.Popen(
+                self._command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+            self._proc = proc
+            _register(self)
+            self._watchdog = _Watchdog.start(proc.pid, self.config.stop_timeout)
+        return proc
+
     def _failure(self, what: str) -> str:
         return start_error(
             self.config.name,
@@ -313,6 +356,7 @@ class ManagedServer:
             command=self._command,
             log_tail=self.log_tail(),
             log_path=str(self.log_path) if self.log_path else None,
+            secrets=server_secrets(self.config),
         )
 
     def _check_alive(self) -> None:
@@ -334,27 +378,38 @@ class ManagedServer:
         return self._proc is not None and self._proc.poll() is None
 
     def pids(self) -> list[int]:
-        with self._lock:
-            if self._proc is None:
-                return []
-            tree = process_tree(self._proc.pid, pgid=self._proc.pid, known=self._known)
-            self._remember(tree)
-            return [p.pid for p in tree]
+        # not under the start/stop lock: telemetry samples the tree while start() waits for
+        # readiness, which is when a server's start-up memory peak happens
+        proc = self._proc
+        if proc is None:
+            return []
+        tree = process_tree(proc.pid, pgid=proc.pid, known=self._known)
+        self._remember(tree)
+        return [p.pid for p in tree]
 
     def _remember(self, tree: Iterable[ProcessInfo]) -> None:
-        known = {(p.pid, p.start_time): p for p in self._known}
-        for p in tree:
-            known.setdefault((p.pid, p.start_time), p)
-        self._known = [p for p in known.values() if still_running(p)]
+        with self._known_lock:
+            known = {(p.pid, p.start_time): p for p in self._known}
+            for p in tree:
+                known.setdefault((p.pid, p.start_time), p)
+            self._known = [p for p in known.values() if still_running(p)]
 
     def stop(self) -> None:
-        with self._lock:
+        # shielded: a signal now is held until the stop is done (a second one makes it kill at
+        # once), since a stop cut short would forget a server that is still running
+        with interrupts.shielded(), self._lock:
             proc = self._proc
             if proc is None:
                 return
+            stopped = False
             try:
                 self._terminate(proc)
+                stopped = True
             finally:
+                if self._watchdog is not None:
+                    # a stop that failed half-way leaves the rest to the watchdog
+                    self._watchdog.close(disarm=stopped)
+                    self._watchdog = None
                 self._proc = None
                 self._endpoint = None
                 self._known = []
@@ -363,33 +418,25 @@ class ManagedServer:
 
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         pgid = proc.pid  # start_new_session made the root the leader of its own group
+        # the group first: kill(2) is all it takes, on every POSIX system; the /proc walk
+        # (Linux) then adds the descendants that left the group
+        _signal_group(pgid, signal.SIGTERM)
         tree = process_tree(proc.pid, pgid=pgid, known=self._known)
         self._remember(tree)
-        deadline = time.monotonic() + self.config.stop_timeout
-        _signal_group(pgid, signal.SIGTERM)
         for info in tree:
             if info.pgid != pgid:  # left the group (setsid): the group signal misses it
                 _signal_process(info, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        while time.monotonic() < deadline and process_tree(proc.pid, pgid=pgid, known=self._known):
-            time.sleep(0.05)
-        # whatever ignored SIGTERM, or was still winding down at the deadline
+        self._wait_gone(proc, pgid, self.config.stop_timeout, grace=True)
+        # whatever ignored SIGTERM, was still winding down at the deadline, or was told twice
         for _ in range(3):
             rest = process_tree(proc.pid, pgid=pgid, known=self._known)
-            if not rest:
+            if not rest and not self._remaining(proc, pgid):
                 break
             self._remember(rest)
             _signal_group(pgid, signal.SIGKILL)
             for info in rest:
                 _signal_process(info, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5.0)
-            gone_by = time.monotonic() + 5.0
-            while time.monotonic() < gone_by and process_tree(
-                proc.pid, pgid=pgid, known=self._known
-            ):
-                time.sleep(0.02)
+            self._wait_gone(proc, pgid, 5.0, grace=False)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5.0)
         # dead children of the root are zombies until init reaps them; give it a moment, so a
@@ -397,6 +444,25 @@ class ManagedServer:
         reaped_by = time.monotonic() + 2.0
         while time.monotonic() < reaped_by and any(_exists(p) for p in self._known + tree):
             time.sleep(0.02)
+
+    def _wait_gone(
+        self, proc: subprocess.Popen[bytes], pgid: int, seconds: float, *, grace: bool
+    ) -> None:
+        """Poll until nothing of the tree runs, `seconds` pass, or (during the grace period) a
+        second signal says not to wait: short polls, so that signal is seen at once."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self._remaining(proc, pgid):
+            if grace and interrupts.urgent():
+                return
+            time.sleep(_POLL_S)
+
+    def _remaining(self, proc: subprocess.Popen[bytes], pgid: int) -> bool:
+        """Whether anything of the tree still runs: /proc where it exists (zombies left out),
+        else the root and the process group."""
+        root_running = proc.poll() is None  # reaps the root once it ended
+        if PROC.is_dir():
+            return bool(process_tree(proc.pid, pgid=pgid, known=self._known))
+        return root_running or _group_exists(pgid)
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -419,18 +485,25 @@ class ManagedServer:
 
 _live: dict[int, ManagedServer] = {}
 _live_lock = threading.Lock()
-_handled_signals: dict[int, Any] = {}
+# process group of every live server, for the signal handler: read there without a lock (it
+# runs between two bytecodes of the main thread, which may hold _live_lock)
+_groups: dict[int, int] = {}
 
 
 def _register(server: ManagedServer) -> None:
     with _live_lock:
         _live[id(server)] = server
-    install_signal_handlers()
+    if server._proc is not None:
+        _groups[id(server)] = server._proc.pid
+    # outside pytest too, SIGTERM and SIGHUP then unwind (KeyboardInterrupt) and atexit stops
+    # the servers gracefully; their default action would leave that to the watchdog
+    interrupts.install()
 
 
 def _unregister(server: ManagedServer) -> None:
     with _live_lock:
         _live.pop(id(server), None)
+    _groups.pop(id(server), None)
 
 
 def live_servers() -> list[ManagedServer]:
@@ -439,42 +512,71 @@ def live_servers() -> list[ManagedServer]:
 
 
 def stop_all_servers() -> None:
-    """Stop every managed server still running in this process (atexit, signal handlers)."""
-    for server in live_servers():
-        # one failed stop must not keep the others running
-        with contextlib.suppress(Exception):
-            server.stop()
+    """Stop every managed server still running in this process (session end, atexit)."""
+    # a signal now is left for the caller: raised here, it would end the loop with servers left
+    with interrupts.shielded(deliver=False):
+        for server in live_servers():
+            # one failed stop must not keep the others running
+            with contextlib.suppress(Exception):
+                server.stop()
 
 
 atexit.register(stop_all_servers)
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    stop_all_servers()
-    previous = _handled_signals.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)
-    elif previous != signal.SIG_IGN:
-        # die the way the signal would have killed us, so the exit status tells the parent
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+def kill_all_groups() -> None:
+    """SIGKILL every live server's process group at once: the hard stop of a second signal.
 
-
-def install_signal_handlers(
-    signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGHUP),
-) -> None:
-    """Stop managed servers when this process is told to terminate, then let the signal act.
-
-    The default action of SIGTERM and SIGHUP ends the process without running atexit handlers,
-    which would leave servers behind. Handlers set earlier are still called afterwards. Only the
-    main thread may set handlers; elsewhere this does nothing. SIGINT needs none: it raises
-    KeyboardInterrupt, and the interpreter then runs the atexit handler.
+    Safe in a signal handler: no lock, nothing but kill(2). The stop that the main path is
+    running (or runs next) finds the groups gone and finishes with what left them.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in signals:
-        current = signal.getsignal(sig)
-        if current is _on_signal:
-            continue
-        _handled_signals[int(sig)] = current
-        signal.signal(sig, _on_signal)
+    for pgid in tuple(_groups.values()):
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+interrupts.add_hard_stop(kill_all_groups)
+
+
+class _Watchdog:
+    """This side of a server's watchdog (`watchdog.py`): the pipe's write end and its process."""
+
+    SCRIPT = Path(__file__).with_name("watchdog.py")
+
+    def __init__(self, process: subprocess.Popen[bytes], fd: int) -> None:
+        self.process = process
+        self.fd = fd
+
+    @classmethod
+    def start(cls, pgid: int, grace: float) -> _Watchdog | None:
+        """A watchdog for process group `pgid`, or None where it could not be started (the
+        server then runs without one: stop() and atexit still stop it)."""
+        read_end, write_end = os.pipe()  # neither end is inherited by anything else we start
+        try:
+            process = subprocess.Popen(
+                # -I -S: the standard library alone, started in milliseconds
+                [sys.executable, "-I", "-S", str(cls.SCRIPT), str(read_end), str(pgid), str(grace)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(read_end,),
+                # out of the terminal's process group: Ctrl-C is for the plugin, not for it
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(write_end)
+            return None
+        finally:
+            os.close(read_end)
+        return cls(process, write_end)
+
+    def close(self, *, disarm: bool) -> None:
+        """Let the watchdog go: disarmed, it exits at once; armed, it kills the tree first."""
+        if disarm:
+            with contextlib.suppress(OSError):  # it is gone already: nothing to tell
+                os.write(self.fd, DISARM)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if disarm:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5.0)

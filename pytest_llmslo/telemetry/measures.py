@@ -54,6 +54,13 @@ def measure(report: TelemetryReport, metric: str) -> Value | None:
     return None
 
 
+def _unavailable(reason: str | None) -> str:
+    # "not applicable" (an external server's processes are not ours) is not a failed measurement
+    if reason and reason.startswith("not applicable"):
+        return reason
+    return f"not measurable ({reason})"
+
+
 def _gib(n: int | None) -> str:
     return "–" if n is None else f"{n / 2**30:.2f} GiB"
 
@@ -73,14 +80,14 @@ def markdown_lines(report: TelemetryReport) -> list[str]:
             )
         out.append(f"GPU memory of the server's process tree, via {report.gpu_source}.")
     else:
-        out.append(f"- GPU memory: not measurable ({report.gpu_unavailable_reason})")
+        out.append(f"- GPU memory: {_unavailable(report.gpu_unavailable_reason)}")
     if report.host_rss_peak is not None:
         out.append(
             f"- host memory (RSS of the server's process tree): peak {_gib(report.host_rss_peak)}, "
             f"start-up {_gib(report.host_rss_startup_peak)}, load {_gib(report.host_rss_load_peak)}"
         )
     else:
-        out.append(f"- host memory: not measurable ({report.host_rss_reason})")
+        out.append(f"- host memory: {_unavailable(report.host_rss_reason)}")
     sm = report.server_metrics
     if sm is None:
         out.append(f"- server /metrics: {report.server_metrics_reason}")

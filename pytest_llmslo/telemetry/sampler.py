@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from pytest_llmslo.netpolicy import bounded_get, probe_client
 from pytest_llmslo.telemetry import prometheus as prom
 from pytest_llmslo.telemetry.gpu import GpuDevice, GpuProbe, open_gpu_probe
 from pytest_llmslo.telemetry.host import rss_unavailable_reason, tree_rss
@@ -190,8 +191,13 @@ class Telemetry:
         nvidia_smi_interval_s: float = 1.0,
         scrape_timeout_s: float = 5.0,
         pids_refresh_s: float = 1.0,
+        not_ours: str | None = None,
     ) -> None:
         self._pids = pids
+        # the server runs elsewhere (external): memory is not sampled, and this says why
+        self._not_ours = not_ours
+        self._metrics_reason = NOT_SERVED
+        self._metrics_headers: dict[str, str] = {}
         # Walking a process tree reads a /proc file per thread (vLLM runs dozens): doing it once a
         # second, not every tick, keeps the sampler cheap; processes that exit are skipped anyway.
         self._pids_refresh_s = pids_refresh_s
@@ -237,23 +243,31 @@ class Telemetry:
         if self._started_at is not None:
             return
         self._started_at = time.monotonic()
-        memory = threading.Thread(target=self._sample_loop, name="llmslo-memory", daemon=True)
-        self._threads.append(memory)
-        memory.start()
+        if self._not_ours is None:
+            memory = threading.Thread(target=self._sample_loop, name="llmslo-memory", daemon=True)
+            self._threads.append(memory)
+            memory.start()
         if self._metrics_url is not None:
             self._start_scraper()
 
-    def set_metrics_url(self, url: str | None) -> None:
+    def set_metrics_url(self, url: str | None, headers: dict[str, str] | None = None) -> None:
         """Where /metrics is, once known: a managed server's port is chosen while it starts,
-        after sampling (of its start-up memory) has begun."""
+        after sampling (of its start-up memory) has begun. `headers` go with every scrape (an
+        external server's API key)."""
         if url is None or self._metrics_url is not None or self._stopped_at is not None:
             return
         self._metrics_url = url
+        self._metrics_headers = dict(headers or {})
         if self._started_at is not None:
             self._start_scraper()
 
+    def metrics_not_scraped(self, reason: str) -> None:
+        """Why /metrics is not scraped, for the report (default: NOT_SERVED)."""
+        self._metrics_reason = reason
+
     def _start_scraper(self) -> None:
-        self._client = httpx.Client(timeout=self._scrape_timeout_s)
+        # the plugin's one connection policy: direct, no proxy variables (netpolicy)
+        self._client = probe_client(self._scrape_timeout_s)
         scraper = threading.Thread(target=self._scrape_loop, name="llmslo-metrics", daemon=True)
         self._threads.append(scraper)
         scraper.start()
@@ -425,7 +439,7 @@ class Telemetry:
             )
 
         host = figures(rss)
-        host_reason = self._rss_reason
+        host_reason = self._not_ours or self._rss_reason
         if host_reason is None and host.peak is None:
             host_reason = (
                 "no host memory sample taken (no process of the server's tree was readable)"
@@ -446,7 +460,7 @@ class Telemetry:
                         peak=gpu.peak,
                     )
                 )
-        gpu_reason = None if gpus else self._gpu_unavailable(gpu_series, devices)
+        gpu_reason = None if gpus else self._not_ours or self._gpu_unavailable(gpu_series, devices)
 
         metrics, metrics_reason = self._server_metrics(windows)
         return TelemetryReport(
@@ -482,7 +496,7 @@ class Telemetry:
         self, windows: Sequence[LoadWindow]
     ) -> tuple[ServerMetrics | None, str | None]:
         if self._metrics_url is None:
-            return None, NOT_SERVED
+            return None, self._metrics_reason
         if not windows:
             return None, "no load window was marked, so /metrics was not scraped"
         with self._lock:
@@ -635,8 +649,14 @@ class Telemetry:
             return None
         try:
             with self._scrape_lock:
-                response = self._client.get(self._metrics_url)
-            response.raise_for_status()
+                response = bounded_get(
+                    self._client,
+                    self._metrics_url,
+                    self._metrics_headers,
+                    deadline_s=self._scrape_timeout_s,
+                )
+            if response.status != 200:
+                raise RuntimeError(f"GET {self._metrics_url} answered HTTP {response.status}")
             at = time.monotonic()
             samples = prom.parse_samples(response.text)
         except Exception as exc:

@@ -4,7 +4,9 @@ It streams a role-only chunk at once, then ``tokens`` content chunks, the first 
 the request arrived and the rest ``gap_ms`` apart, and logs on ``time.monotonic_ns()`` when it
 received each request and wrote each event, so a client's timestamps can be checked against the
 moment the bytes left. Body fields override the defaults per request: ``x_ttft_ms``, ``x_gap_ms``,
-``x_tokens`` (else ``max_tokens``), ``x_no_usage`` and ``x_fault`` (see ``FAULTS``). Stdlib only
+``x_tokens`` (else ``max_tokens``), ``x_no_usage``, ``x_fault`` (see ``FAULTS``) and
+``x_reasoning`` (the first N tokens are reasoning, streamed as vLLM does, in ``delta.reasoning``,
+and counted in usage's ``completion_tokens_details``). Stdlib only
 and one asyncio loop, so it costs little CPU next to the client it measures.
 
     python -m pytest_llmslo.testing.timing_server --port 0 --ttft-ms 200 --gap-ms 20 --tokens 20
@@ -201,10 +203,13 @@ class TimingServer:
         if fault == "empty":
             tokens = 0
         usage = not body.get("x_no_usage")
+        reasoning = min(int(body.get("x_reasoning") or 0), tokens) if chat else 0
         if not entry.stream:
-            return await self._answer_json(writer, entry, chat, ttft, gap, tokens, usage)
+            return await self._answer_json(writer, entry, chat, ttft, gap, tokens, usage, reasoning)
         include_usage = usage and bool((body.get("stream_options") or {}).get("include_usage"))
-        return await self._answer_stream(writer, entry, chat, ttft, gap, tokens, include_usage)
+        return await self._answer_stream(
+            writer, entry, chat, ttft, gap, tokens, include_usage, reasoning
+        )
 
     async def _answer_json(
         self,
@@ -215,6 +220,7 @@ class TimingServer:
         gap: float,
         tokens: int,
         usage: bool,
+        reasoning: int = 0,
     ) -> bool:
         if entry.fault == "stall":
             await _forever(writer)
@@ -224,10 +230,12 @@ class TimingServer:
         delay = start + ttft + gap * max(tokens - 1, 0) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        text = "".join(_token(i) for i in range(tokens))
+        text = "".join(_token(i) for i in range(reasoning, tokens))
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if tokens else "stop"}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
+            if reasoning:
+                choice["message"]["reasoning_content"] = "".join(map(_token, range(reasoning)))
         else:
             choice["text"] = text
         answer: dict[str, Any] = {
@@ -238,7 +246,7 @@ class TimingServer:
             "choices": [choice],
         }
         if usage:
-            answer["usage"] = _usage(tokens)
+            answer["usage"] = _usage(tokens, reasoning)
         entry.content_ns.append(time.monotonic_ns())
         return await _send(writer, 200, json.dumps(answer).encode())
 
@@ -251,6 +259,7 @@ class TimingServer:
         gap: float,
         tokens: int,
         usage: bool,
+        reasoning: int = 0,
     ) -> bool:
         loop = asyncio.get_running_loop()
         transport = writer.transport
@@ -281,8 +290,10 @@ class TimingServer:
         ).split(b"\\u0000")
         after += b"]}\n\n"
 
+        thinking = before.replace(b'"delta":{"content":"', b'"delta":{"reasoning":"')
+
         def content(i: int) -> bytes:
-            return _frame(before + _token(i).encode() + after)
+            return _frame((thinking if i < reasoning else before) + _token(i).encode() + after)
 
         events_ns = entry.events_ns
         content_ns = entry.content_ns
@@ -338,7 +349,7 @@ class TimingServer:
             final = {"index": 0, "text": "", "finish_reason": "length" if tokens else "stop"}
         tail = [event(final)]
         if usage:
-            tail.append(event(None, ',"usage":' + _compact(_usage(tokens))))
+            tail.append(event(None, ',"usage":' + _compact(_usage(tokens, reasoning))))
         tail.append(_frame(b"data: [DONE]\n\n"))
         for frame in tail:
             events_ns.append(time.monotonic_ns())
@@ -396,8 +407,15 @@ def _token(i: int) -> str:
     return f" t{i}"
 
 
-def _usage(tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
+def _usage(tokens: int, reasoning: int = 0) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": 7,
+        "completion_tokens": tokens,
+        "total_tokens": 7 + tokens,
+    }
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
 def _frame(payload: bytes) -> bytes:
@@ -449,7 +467,11 @@ class TimingServerProcess:
         """Every request logged so far, oldest first."""
         url = f"{self.base_url}/log" + ("?clear=1" if clear else "")
         context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
-        with urllib.request.urlopen(url, timeout=30, context=context) as answer:
+        # directly, as the plugin connects: proxy variables are not used (pytest_llmslo.netpolicy)
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        with opener.open(url, timeout=30) as answer:
             text = answer.read().decode()
         return [json.loads(line) for line in text.splitlines() if line]
 

@@ -14,6 +14,7 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def default_model_dir(seed: int = 0) -> Path:
 
 
 def is_complete(model_dir: Path) -> bool:
-    return all((model_dir / name).is_file() for name in MODEL_FILES)
+    return _has_all(model_dir, MODEL_FILES)
 
 
 def build_tiny_model(out_dir: Path | None = None, *, seed: int = 0) -> Path:
@@ -94,34 +95,53 @@ def build_tiny_model(out_dir: Path | None = None, *, seed: int = 0) -> Path:
     workers) never see half a model; the same seed always gives the same bytes.
     """
     target = Path(out_dir) if out_dir is not None else default_model_dir(seed)
+
+    def write(staging: Path) -> None:
+        tokenizers_mod, save_numpy = _require_deps()
+        _write_model(staging, seed, tokenizers_mod, save_numpy)
+
+    return build_atomically(target, MODEL_FILES, write, what="tiny model")
+
+
+def build_atomically(
+    target: Path, files: Sequence[str], write: Callable[[Path], None], *, what: str
+) -> Path:
+    """Reuse ``target`` when it holds every one of ``files``, else ``write`` it, atomically.
+
+    ``write`` fills a temporary sibling directory, which is then renamed into place: concurrent
+    builders never see half a model, and the one that loses the race keeps the winner's copy.
+    """
     target = target.expanduser().absolute()
-    if is_complete(target):
+    if _has_all(target, files):
         return target
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(
-            f"{target} exists but is not a complete tiny model "
-            f"(it needs {', '.join(MODEL_FILES)}): remove it or choose another output directory"
+            f"{target} exists but is not a complete {what} "
+            f"(it needs {', '.join(files)}): remove it or choose another output directory"
         )
-    tokenizers_mod, save_numpy = _require_deps()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        _write_model(staging, seed, tokenizers_mod, save_numpy)
+        write(staging)
         # mkdtemp creates 0700; a shared cache must be readable by other users' servers
         staging.chmod(0o755)
-        for name in MODEL_FILES:
+        for name in files:
             (staging / name).chmod(0o644)
         try:
             # rename over an empty directory succeeds; over a complete one it fails, and
             # then another builder got there first with identical bytes
             os.rename(staging, target)
         except OSError:
-            if not is_complete(target):
+            if not _has_all(target, files):
                 raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _has_all(model_dir: Path, files: Sequence[str]) -> bool:
+    return all((model_dir / name).is_file() for name in files)
 
 
 def _require_deps() -> tuple[Any, Any]:

@@ -31,6 +31,7 @@ from pytest_llmslo.servers.process import ProcessInfo, read_process, still_runni
 
 ConfigFactory = Callable[..., ServerConfig]
 
+pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.e2e
 
 
@@ -199,8 +200,12 @@ INTERRUPTED_RUN = textwrap.dedent(
 
 @pytest.mark.parametrize(
     ("backend", "sig", "when"),
-    [("vllm", signal.SIGTERM, "starting"), ("hf", signal.SIGINT, "ready")],
-    ids=["vllm-SIGTERM-while-starting", "hf-SIGINT-when-ready"],
+    [
+        ("vllm", signal.SIGTERM, "starting"),
+        ("hf", signal.SIGINT, "ready"),
+        ("vllm", signal.SIGKILL, "ready"),
+    ],
+    ids=["vllm-SIGTERM-while-starting", "hf-SIGINT-when-ready", "vllm-SIGKILL-when-ready"],
 )
 def test_interrupted_run_leaves_no_server(
     backend: str,
@@ -210,7 +215,9 @@ def test_interrupted_run_leaves_no_server(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A test process stopped by a signal (CI cancel, Ctrl-C) takes its servers with it."""
+    """A test process stopped by a signal (CI cancel, Ctrl-C) takes its servers with it; one
+    killed outright (SIGKILL, the OOM killer) too: its watchdog stops vLLM's whole tree, the
+    engine child included, within the grace period."""
     make: ConfigFactory = request.getfixturevalue(f"tiny_{backend}_config")
     config = make(tiny_model_dir, name=f"{backend}-interrupted")
     script = INTERRUPTED_RUN.format(
@@ -239,6 +246,10 @@ def test_interrupted_run_leaves_no_server(
         proc.send_signal(sig)
         proc.wait(timeout=60)
         assert proc.returncode != 0
+        if sig == signal.SIGKILL:  # nothing ran in the process: the watchdog does it after
+            deadline = time.monotonic() + config.stop_timeout + 30
+            while any(still_running(p) for p in tree) and time.monotonic() < deadline:
+                time.sleep(0.2)
         assert_gone(tree)
     finally:
         if proc.poll() is None:
@@ -254,3 +265,62 @@ def test_interrupted_run_leaves_no_server(
 def info_kill(info: ProcessInfo) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(info.pid, signal.SIGKILL)
+
+
+def test_ci_cancelling_a_spec_run_leaves_every_report_and_no_process(
+    tiny_model_dir: Path, pytester: pytest.Pytester
+) -> None:
+    """SIGTERM, as CI sends when a job is cancelled, during the load of a spec run on vLLM: the
+    measurements so far are kept, every report is written, and vLLM's tree (its engine child
+    included) and its watchdog are gone when pytest exits."""
+    pytester.makefile(".txt", prompts="hello there\nwhat is a token?\n")
+    spec = pytester.makefile(
+        ".yaml",
+        cancelled=f"""
+servers:
+  vllm:
+    backend: vllm
+    model: "{tiny_model_dir}"
+    args: {{enforce_eager: true, max_model_len: 4096}}
+    startup_timeout: 600
+datasets:
+  lines: {{format: line_by_line, path: prompts.txt}}
+scenarios:
+  endless:
+    dataset: lines
+    load: {{parallel: 2, requests: 100000, max_tokens: 16}}
+    slo: {{failure_rate: "<= 1%"}}
+""",
+    )
+    proc = pytester.popen(
+        [sys.executable, "-m", "pytest", "--slo", str(spec), "-p", "no:cacheprovider"],
+        stdin=subprocess.DEVNULL,
+    )
+    tree: list[ProcessInfo] = []
+    try:
+        # under way once vLLM has logged a few answered requests
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = list(pytester.path.glob("llmslo-results/**/server-vllm*.log"))
+            if logs and logs[0].read_text(errors="replace").count("POST /v1/chat") >= 5:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "pytest ended before the load was under way"
+        tree = process_tree(proc.pid)[1:]
+        assert len(tree) >= 3, "vLLM, its engine child and the watchdog"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode(errors="replace")
+        results = pytester.path / "llmslo-results"
+        assert "endless[vllm]" in (results / "report.md").read_text()
+        [scenario] = json.loads((results / "results.json").read_text())["scenarios"]
+        assert scenario["interrupted"] == "SIGTERM" and scenario["summary"]["succeeded"] > 0
+        assert (results / "requests.jsonl").read_text().splitlines()
+        assert_gone(tree)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for info in tree:
+            if still_running(info):
+                info_kill(info)

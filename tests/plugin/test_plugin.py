@@ -80,7 +80,7 @@ def test_passing_spec_runs_each_objective_as_a_test(
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
         [
-            "*svc.yaml::chat-c2[[]svc[]]::ttft_p95 PASSED*",
+            "*svc.yaml::chat-c2::svc::ttft_p95 PASSED*",
             "*llmslo report*",
             "*# LLM SLO report*",
         ]
@@ -89,7 +89,7 @@ def test_passing_spec_runs_each_objective_as_a_test(
     text = report.read_text()
     assert "chat-c2[svc] — PASS" in text and "| ttft_p95 |" in text
     data = json.loads((report.parent / "results.json").read_text())
-    assert data["schema"] == "pytest-llmslo/results/v1"
+    assert data["schema"] == "pytest-llmslo/results/v2"
     scenario = data["scenarios"][0]
     assert scenario["summary"]["requests"] == 6 and scenario["status"] == "PASS"
     lines = (report.parent / "requests.jsonl").read_text().splitlines()
@@ -108,7 +108,7 @@ def test_broken_objective_fails_exactly_that_item(
             "*chat-c2[[]svc[]] on external*",
             "*ttft_p95 = * ms, objective <= 0.001 ms: missed by*n=6*",
             "*requests: 6 measured, 6 ok, 0 failed*",
-            "FAILED *svc.yaml::chat-c2[[]svc[]]::ttft_p95*",
+            "FAILED *svc.yaml::chat-c2::svc::ttft_p95*",
         ]
     )
 
@@ -223,6 +223,45 @@ scenarios:
     result.assert_outcomes(passed=1)
 
 
+def test_server_process_objectives_on_an_external_server_are_not_measurable_from_collection(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    # the readiness probe of a running service took ~40 ms: as a start-up time it passed
+    pytester.makefile(".txt", prompts="hello\n")
+    spec = pytester.makefile(
+        ".yaml",
+        svc="""
+servers:
+  vllm: {backend: vllm, model: /no/such/model}
+datasets:
+  lines: {format: line_by_line, path: prompts.txt}
+scenarios:
+  s:
+    dataset: lines
+    load: {parallel: 1, requests: 2}
+    slo:
+      startup_time: "<= 10 min"
+      host_memory_peak: "<= 1 TiB"
+      gpu_memory_peak: "<= 1 TiB"
+      failure_rate: "<= 0%"
+""",
+    )
+    result = pytester.runpytest("--slo", str(spec), "--slo-server-url", env.base_url)
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*startup_time: not measurable: startup_time is not measurable on server 'vllm' "
+            "(--slo-server-url): this run did not start that server*",
+            "*host_memory_peak: not measurable*",
+            "*gpu_memory_peak: not measurable*",
+        ]
+    )
+    data = json.loads((pytester.path / "llmslo-results" / "results.json").read_text())
+    verdicts = {v["metric"]: v for v in data["scenarios"][0]["verdicts"]}
+    assert verdicts["startup_time"]["passed"] is False
+    assert verdicts["startup_time"]["measured"] is None
+
+
 def test_xdist_is_refused_with_advice(pytester: pytest.Pytester, env: TimingServerProcess) -> None:
     spec = write_spec(pytester)
     refused = pytester.runpytest_subprocess("--slo", str(spec), "-n", "2")
@@ -309,10 +348,10 @@ scenarios:
     # the spec interleaves the servers; tests run server by server, each stopped after its last
     result_.stdout.fnmatch_lines(
         [
-            "*first[[]a[]]::failure_rate PASSED*",
-            "*second[[]a[]]::failure_rate PASSED*",
-            "*first[[]b[]]::failure_rate PASSED*",
-            "*second[[]b[]]::failure_rate PASSED*",
+            "*first::a::failure_rate PASSED*",
+            "*second::a::failure_rate PASSED*",
+            "*first::b::failure_rate PASSED*",
+            "*second::b::failure_rate PASSED*",
         ]
     )
     assert [e for e in events if e[0] == "stop"][:2] == [("stop", "a"), ("stop", "b")]
@@ -348,5 +387,194 @@ scenarios:
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     data = json.loads(results.read_text())
     [scenario] = data["scenarios"]  # the second scenario never started
-    assert scenario["scenario"] == "endless" and scenario["interrupted"] == "KeyboardInterrupt"
+    assert scenario["scenario"] == "endless" and scenario["interrupted"] == "SIGINT"
     assert scenario["summary"]["succeeded"] > 0
+
+
+# --- test ids that pytest can take back ----------------------------------------------------------
+
+IDS = [
+    "svc.yaml::chat-c2::svc::ttft_p95",
+    "svc.yaml::chat-c2::svc::failure_rate",
+    "svc.yaml::chat-c2::svc::output_throughput",
+]
+
+
+def test_ids_name_spec_scenario_server_and_objective(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    listed = pytester.runpytest("--slo", str(spec), "--collect-only", "-q")
+    assert [line for line in listed.outlines if "::" in line] == IDS
+
+
+def test_last_failed_reruns_only_the_failed_objective(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester, ttft="<= 0.001 ms")
+    pytester.runpytest("--slo", str(spec)).assert_outcomes(passed=2, failed=1)
+    again = pytester.runpytest("--slo", str(spec), "--lf", "-v")
+    again.assert_outcomes(failed=1, deselected=2)
+    again.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*", f"{IDS[0]} FAILED*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "ran"),
+    [
+        ([IDS[1]], [IDS[1]]),  # the spec named as a test path is collected as a spec
+        (["--slo", "svc.yaml", IDS[1]], [IDS[1]]),  # the id narrows --slo's spec
+        (["svc.yaml::chat-c2::svc"], IDS),  # a scenario on one server
+    ],
+)
+def test_an_id_copied_from_the_output_runs_those_tests(
+    pytester: pytest.Pytester, env: TimingServerProcess, args: list[str], ran: list[str]
+) -> None:
+    write_spec(pytester)
+    result = pytester.runpytest(*args, "-v")
+    result.assert_outcomes(passed=len(ran))
+    result.stdout.fnmatch_lines([f"{test_id} PASSED*" for test_id in ran], consecutive=True)
+
+
+def test_deselect_takes_an_id_from_the_output(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    result = pytester.runpytest("--slo", str(spec), "--deselect", IDS[0])
+    result.assert_outcomes(passed=2, deselected=1)
+
+
+def test_junit_names_keep_the_id_whole(pytester: pytest.Pytester, env: TimingServerProcess) -> None:
+    spec = write_spec(pytester)
+    pytester.runpytest("--slo", str(spec), "--junitxml=out.xml").assert_outcomes(passed=3)
+    root = ET.parse(pytester.path / "out.xml").getroot()
+    names = [(case.get("classname"), case.get("name")) for case in root.iter("testcase")]
+    assert names == [
+        ("svc.yaml.chat-c2.svc", "ttft_p95"),
+        ("svc.yaml.chat-c2.svc", "failure_rate"),
+        ("svc.yaml.chat-c2.svc", "output_throughput"),
+    ]
+
+
+# --- specs from the ini file or the environment join the collection ------------------------------
+
+FAILING_UNIT_TEST = "def test_unit():\n    assert False\n"
+
+
+def test_specs_from_the_ini_file_join_the_test_paths_instead_of_replacing_them(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    write_spec(pytester)
+    pytester.makepyfile(test_unit=FAILING_UNIT_TEST)
+    pytester.makeini("[pytest]\nslo_paths = svc.yaml\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_specs_from_the_environment_join_the_test_paths_instead_of_replacing_them(
+    pytester: pytest.Pytester, env: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = write_spec(pytester)
+    pytester.makepyfile(test_unit=FAILING_UNIT_TEST)
+    monkeypatch.setenv("LLMSLO_SPECS", str(spec))
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_a_test_path_inside_a_configured_spec_selects_from_it(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    write_spec(pytester)
+    pytester.makepyfile(test_unit=FAILING_UNIT_TEST)
+    pytester.makeini("[pytest]\nslo_paths = svc.yaml\n")
+    pytester.runpytest(IDS[1]).assert_outcomes(passed=1)
+
+
+def test_slo_on_the_command_line_runs_the_specs_alone_unless_test_paths_are_given(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    pytester.makepyfile(test_unit=FAILING_UNIT_TEST)
+    pytester.runpytest("--slo", str(spec)).assert_outcomes(passed=3)
+    pytester.runpytest("--slo", str(spec), "test_unit.py").assert_outcomes(passed=3, failed=1)
+
+
+# --- --slo paths that can yield no spec ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--slo", "empty"],
+            "*--slo empty: the directory holds no spec (no .yaml or .yml file under it)",
+        ),
+        (
+            ["--slo", "notes.txt"],
+            "*--slo notes.txt: not a spec: spec files are YAML files ending in .yaml or .yml",
+        ),
+        (
+            ["--slo", "svc.yaml::chat-c2"],
+            "*--slo svc.yaml::chat-c2: --slo takes a spec file or directory; to run one test, "
+            "give its id as a test path: pytest 'svc.yaml::chat-c2'",
+        ),
+        (
+            ["--slo-server-url", "http://127.0.0.1:99999"],
+            "*--slo-server-url: 'http://127.0.0.1:99999' has no valid port: ports are 1-65535;*",
+        ),
+    ],
+)
+def test_options_that_can_run_nothing_are_usage_errors_saying_why(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    (pytester.path / "empty").mkdir()
+    pytester.makefile(".txt", notes="hello\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_a_missing_spec_path_names_where_it_was_configured(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMSLO_SPECS", "gone.yaml")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*$LLMSLO_SPECS path not found: gone.yaml*"])
+
+
+# --- dataset files are read at collection --------------------------------------------------------
+
+
+def test_a_broken_dataset_is_a_collection_error_before_any_server_starts(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    (pytester.path / "prompts.txt").write_bytes("café\n".encode("latin-1"))
+    env.fetch_log(clear=True)
+    result = pytester.runpytest("--slo", str(spec))
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        [
+            "svc.yaml:5: datasets.lines: the file is not UTF-8 text (invalid continuation byte "
+            "at byte 3) (prompts.txt). Re-encode the file as UTF-8.",
+        ]
+    )
+    assert env.fetch_log() == []
+
+
+def test_the_run_sends_the_prompts_read_at_collection(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    pytester.makeconftest(
+        """
+        def pytest_collection_finish(session):
+            (session.config.rootpath / "prompts.txt").write_text("rewritten\\n", encoding="utf-8")
+        """
+    )
+    env.fetch_log(clear=True)
+    pytester.runpytest("--slo", str(spec)).assert_outcomes(passed=3)
+    sent = {entry["body"]["messages"][-1]["content"] for entry in env.fetch_log(clear=True)}
+    assert sent == {"hello there", "what is a token?", "你好"}

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from pytest_llmslo.config import DatasetConfig
-from pytest_llmslo.datasets import DatasetError, RandomPromptMaker, load_prompts
+from pytest_llmslo.datasets import (
+    DatasetError,
+    RandomPromptMaker,
+    load_prompts,
+    read_rows,
+    read_spec_datasets,
+)
+from pytest_llmslo.spec import SpecError, load_spec
 from pytest_llmslo.tokens import Tokenizer, open_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -364,7 +371,7 @@ def test_sample_applies_after_filters(tokenizer: Tokenizer) -> None:
 
 
 def test_sample_larger_than_dataset() -> None:
-    with pytest.raises(DatasetError, match="sample asks for 50 prompts but only 44 remain"):
+    with pytest.raises(DatasetError, match="sample asks for 50 prompts but the file holds only 44"):
         load_prompts(fixture("openqa", "open_qa.jsonl", sample=50))
 
 
@@ -428,3 +435,110 @@ def test_random_maker_gives_up_on_a_tokenizer_without_plain_text() -> None:
 
     with pytest.raises(ValueError, match="yields no token that decodes to plain text"):
         RandomPromptMaker(ControlOnly()).make(3)
+
+
+# --- read and checked before any server starts ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "extra", "problem"),
+    [
+        ("line_by_line", b"\n\n", {}, "the file holds no prompts"),
+        ("line_by_line", "café\n".encode("latin-1"), {}, "the file is not UTF-8 text"),
+        ("openqa", b'{"question": "a"}\n{"question": \n', {}, "invalid JSON"),
+        ("line_by_line", b"a\nb\n", {"sample": 3}, "sample asks for 3 prompts but the file holds"),
+        ("longalpaca", b'{"instruction": "a"}', {}, "expected a JSON list"),
+    ],
+)
+def test_reading_rows_checks_all_that_needs_no_tokenizer(
+    tmp_path: Path, fmt: Any, content: bytes, extra: dict[str, Any], problem: str
+) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=problem):
+        read_rows(config(fmt, path, **extra))
+
+
+def test_prompts_are_made_from_the_rows_read_before_even_if_the_file_changed(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path / "p.txt", "first\nsecond\nthird\n")
+    rows = read_rows(config("line_by_line", path, sample=2, seed=3))
+    assert len(rows) == 3
+    write(path, "changed\n")
+    kept = load_prompts(config("line_by_line", path, sample=2, seed=3), rows=rows)
+    assert {p.text for p in kept} <= {"first", "second", "third"} and len(kept) == 2
+    # the same sample as reading the file itself would have drawn
+    write(path, "first\nsecond\nthird\n")
+    fresh = load_prompts(config("line_by_line", path, sample=2, seed=3))
+    assert [p.text for p in kept] == [p.text for p in fresh]
+
+
+SPEC = """\
+servers:
+  svc: {backend: external, base_url: "http://127.0.0.1:9", model: m}
+datasets:
+  rand: {format: random, input_tokens: 8}
+  lines: {format: line_by_line, path: prompts.txt, sample: 5}
+scenarios:
+  s: {dataset: lines, load: {parallel: 1, requests: 1}}
+  r: {dataset: rand, load: {parallel: 1, requests: 1}}
+"""
+
+
+def test_a_specs_dataset_files_are_read_with_the_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "prompts.txt", "a\nb\nc\nd\ne\nf\n")
+    (tmp_path / "spec.yaml").write_text(SPEC, encoding="utf-8")
+    spec = read_spec_datasets(load_spec(tmp_path / "spec.yaml", env={}))
+    assert set(spec.rows) == {"lines"}  # random prompts need the model's tokenizer: at run time
+    assert len(spec.rows["lines"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("content", "problem", "fix"),
+    [
+        (b"", "the file holds no prompts (prompts.txt)", "Point path at a non-empty"),
+        (
+            b"a\n\xff\n",
+            "the file is not UTF-8 text (invalid start byte at byte 2) (prompts.txt)",
+            "Re-encode",
+        ),
+        (
+            b"a\nb\n",
+            "sample asks for 5 prompts but the file holds only 2 (prompts.txt)",
+            "Lower sample",
+        ),
+    ],
+)
+def test_a_bad_dataset_file_is_a_spec_error_naming_spec_dataset_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, problem: str, fix: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_bytes(content)
+    (tmp_path / "spec.yaml").write_text(SPEC, encoding="utf-8")
+    with pytest.raises(SpecError) as excinfo:
+        read_spec_datasets(load_spec(tmp_path / "spec.yaml", env={}))
+    err = excinfo.value
+    assert (err.path, err.line, err.key) == (tmp_path / "spec.yaml", 5, "datasets.lines")
+    assert err.message == problem
+    assert err.fix.startswith(fix)
+    assert str(err).startswith(f"spec.yaml:5: datasets.lines: {problem}")
+
+
+def test_a_malformed_line_is_named_with_its_line_in_the_data_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "q.jsonl", '{"question": "a"}\n{"question": "b"\n')
+    (tmp_path / "spec.yaml").write_text(
+        SPEC.replace(
+            "format: line_by_line, path: prompts.txt, sample: 5", "format: openqa, path: q.jsonl"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(SpecError) as excinfo:
+        read_spec_datasets(load_spec(tmp_path / "spec.yaml", env={}))
+    assert "(q.jsonl, line 2)" in excinfo.value.message

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llmslo import interrupts
 from pytest_llmslo.config import LoadConfig
 from pytest_llmslo.http_client import parse_base_url
 from pytest_llmslo.load import LoadResult, request_body, run_load
@@ -283,6 +286,69 @@ def test_tokens_are_counted_when_the_server_sends_no_usage(
     instrument.fetch_log(clear=True)
 
 
+REASONING = 3  # of the instrument's TOKENS, the first ones are reasoning
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_reasoning_is_timed_and_counted_apart_from_the_answer(
+    instrument: TimingServerProcess, stream: bool
+) -> None:
+    result, log = _run(instrument, stream=stream, extra_body={"x_reasoning": REASONING})
+    for record in result.records:
+        assert record.ok, record.error_message
+        assert record.extra["reasoning_text"] == "".join(f" t{i}" for i in range(REASONING))
+        assert record.output_text == "".join(f" t{i}" for i in range(REASONING, TOKENS))
+        # usage's completion_tokens_details splits completion_tokens
+        assert (record.output_tokens, record.reasoning_tokens, record.answer_tokens) == (
+            TOKENS,
+            REASONING,
+            TOKENS - REASONING,
+        )
+        assert record.first_answer_at is not None and record.first_content_at is not None
+        if stream:
+            # TTFT still counts the first reasoning chunk; the answer starts after it
+            assert record.first_content_at == record.content_times[0]
+            assert record.first_answer_at == record.content_times[REASONING]
+            written = log[record.extra["response_id"]]["content_ns"][REASONING] / 1e9
+            assert record.first_answer_at >= written
+        else:
+            assert record.first_answer_at == record.first_content_at == record.end_at
+
+
+def test_without_usage_reasoning_and_answer_are_counted_apart(
+    instrument: TimingServerProcess,
+) -> None:
+    def count(text: str) -> int:
+        return len(text.split())
+
+    # include_usage false: the instrument, like vLLM, then sends no usage
+    config = LoadConfig(
+        parallel=1,
+        requests=1,
+        max_tokens=None,
+        include_usage=False,
+        extra_body={"x_reasoning": REASONING},
+    )
+    record = run_load(instrument.endpoint(), PROMPTS, config, count_tokens=count).records[0]
+    (entry,) = instrument.fetch_log(clear=True)
+    assert "stream_options" not in entry["body"]
+    assert record.token_source == "tokenizer"
+    assert (record.output_tokens, record.reasoning_tokens, record.answer_tokens) == (
+        TOKENS,
+        REASONING,
+        TOKENS - REASONING,
+    )
+
+
+def test_an_answer_without_reasoning_has_zero_reasoning_tokens(
+    instrument: TimingServerProcess,
+) -> None:
+    result, _ = _run(instrument)
+    for record in result.records:
+        assert record.reasoning_tokens == 0 and record.answer_tokens == TOKENS
+        assert record.first_answer_at == record.first_content_at
+
+
 def test_closed_loop_counts_warmup_first_and_prompts_cycle(
     instrument: TimingServerProcess,
 ) -> None:
@@ -383,19 +449,72 @@ def test_should_stop_cancels_in_flight_and_keeps_every_record(
     instrument.fetch_log(clear=True)
 
 
-def test_keyboard_interrupt_returns_what_was_collected(instrument: TimingServerProcess) -> None:
+@pytest.fixture
+def clean_interrupts() -> Iterator[None]:
+    """Signals a test sends itself are forgotten after it (the count decides what a second does)."""
+    interrupts.reset()
+    yield
+    interrupts.reset()
+
+
+@pytest.mark.usefixtures("clean_interrupts")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_returns_what_was_collected(
+    instrument: TimingServerProcess, sig: signal.Signals
+) -> None:
     config = LoadConfig(parallel=2, requests=1000, max_tokens=None, extra_body={"x_ttft_ms": 100})
-    timer = threading.Timer(0.35, os.kill, (os.getpid(), signal.SIGINT))
+    handlers = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
+    timer = threading.Timer(0.35, os.kill, (os.getpid(), sig))
     timer.start()
     try:
         result = run_load(instrument.endpoint(), PROMPTS, config)
     finally:
         timer.cancel()
-    assert result.interrupted == "KeyboardInterrupt"
+    assert result.interrupted == sig.name
     assert any(r.ok for r in result.records)
-    assert any(r.error_message.startswith("cancelled: KeyboardInterrupt") for r in result.records)
-    # the previous SIGINT handler is back
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert any(r.error_message.startswith(f"cancelled: {sig.name}") for r in result.records)
+    # the handlers from before the run are back
+    assert {s: signal.getsignal(s) for s in interrupts.SIGNALS} == handlers
+    instrument.fetch_log(clear=True)
+
+
+LOAD_SCRIPT = """
+import json, sys
+from pytest_llmslo.config import LoadConfig
+from pytest_llmslo.load import run_load
+from pytest_llmslo.records import Endpoint, Prompt
+endpoint = Endpoint(sys.argv[1], "timing-model", "external")
+config = LoadConfig(parallel=2, requests=100000, max_tokens=None, extra_body={"x_ttft_ms": 20})
+print("loading", flush=True)
+result = run_load(endpoint, [Prompt(index=0, text="hi")], config)
+print(json.dumps({"interrupted": result.interrupted, "ok": sum(r.ok for r in result.records)}))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_ends_a_load_outside_pytest_too(
+    instrument: TimingServerProcess, sig: signal.Signals
+) -> None:
+    """A script using the engine gets the records back; the signal's default would kill it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOAD_SCRIPT, instrument.base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "loading"
+        time.sleep(0.5)  # a few requests in
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["interrupted"] == sig.name and result["ok"] > 0
     instrument.fetch_log(clear=True)
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from pytest_llmslo.metrics import Distribution, RequestObjective, summarize, tpot, ttfc, ttft
+from pytest_llmslo.metrics import (
+    Distribution,
+    RequestObjective,
+    summarize,
+    tpot,
+    ttfat,
+    ttfc,
+    ttft,
+)
 from pytest_llmslo.records import ErrorCategory, RequestRecord
 
 
@@ -91,6 +100,30 @@ def test_empty_samples_are_nan_with_a_reason() -> None:
     assert s.failure_rate == 1.0
     none = summarize([])
     assert math.isnan(none.failure_rate) and "no measured requests" in none.value("failure_rate")[2]
+
+
+def test_time_to_first_answer_token_skips_the_reasoning() -> None:
+    thinking = dataclasses.replace(
+        rec(0, sent=1.0, first=1.1, times=(1.1, 1.2, 1.5, 1.6), end=1.7, out=12),
+        first_answer_at=1.5,
+        reasoning_tokens=8,
+    )
+    plain = dataclasses.replace(rec(1, sent=1.0, first=1.2, end=1.4), first_answer_at=1.2)
+    only_reasoning = dataclasses.replace(rec(2, out=6), first_answer_at=None, reasoning_tokens=6)
+    assert ttft(thinking) == pytest.approx(0.1)  # TTFT counts reasoning text
+    assert ttfat(thinking) == pytest.approx(0.5)
+    assert ttfat(plain) == ttft(plain)
+    assert ttfat(only_reasoning) is None
+    assert (thinking.answer_tokens, only_reasoning.answer_tokens) == (4, 0)
+
+    s = summarize([thinking, plain, only_reasoning], percentiles=[50])
+    assert s.distributions["ttfat"].count == 2
+    assert s.value("ttfat_max")[0] == pytest.approx(0.5)
+    assert s.value("reasoning_tokens_mean")[0] == pytest.approx(7.0)  # plain has no count
+    assert s.value("answer_tokens_max")[0] == 4
+    none = summarize([only_reasoning])
+    value, n, reason = none.value("ttfat_p95")
+    assert math.isnan(value) and n == 0 and "reasoning only" in reason
 
 
 def test_missing_token_counts_are_not_guessed() -> None:

@@ -162,6 +162,7 @@ def test_catalogue_is_complete_and_described() -> None:
     assert all(info.description for info in catalogue())
     expected = {
         "ttft",
+        "ttfat",
         "ttfc",
         "tpot",
         "itl",
@@ -169,6 +170,8 @@ def test_catalogue_is_complete_and_described() -> None:
         "dispatch_lag",
         "input_tokens",
         "output_tokens",
+        "reasoning_tokens",
+        "answer_tokens",
     }
     assert set(DISTRIBUTIONS) == expected
     assert {"goodput", "goodput_ratio", "failure_rate", "kv_cache_usage_mean"} <= set(SCALARS)
@@ -180,7 +183,7 @@ def test_catalogue_is_complete_and_described() -> None:
 def test_request_objectives() -> None:
     objective = parse_request_objective("itl", "<= 200 ms", line=3)
     assert (objective.metric, objective.threshold, objective.line) == ("itl", 0.2, 3)
-    assert set(REQUEST_METRICS) == {"ttft", "tpot", "e2e", "itl"}
+    assert set(REQUEST_METRICS) == {"ttft", "ttfat", "tpot", "e2e", "itl"}
     with pytest.raises(ObjectiveError, match="no statistic: write 'ttft'"):
         parse_request_objective("ttft_p95", "<= 1 s")
     with pytest.raises(ObjectiveError, match="Did you mean 'tpot'"):

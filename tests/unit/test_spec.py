@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
-from pytest_llmslo.spec import DEFAULT_PERCENTILES, Spec, SpecError, load_spec, substitute
+from pytest_llmslo.spec import DEFAULT_PERCENTILES, Spec, SpecError, load_spec
+from pytest_llmslo.spec_yaml import substitute
 
 BASE = """\
 servers:
@@ -148,6 +150,29 @@ def test_defaults_merge_key_by_key() -> None:
     )
     load_config = spec.scenarios["s"].load
     assert (load_config.parallel, load_config.warmup, load_config.requests) == (1, 3, 2)
+
+
+def test_builtin_models_are_checked_where_they_are_written() -> None:
+    spec = load(BASE.replace("model: m}", "model: builtin:tiny-qwen3}"))
+    assert spec.servers["vllm"].model == "builtin:tiny-qwen3"
+    typo = str(error(BASE.replace("model: m}", "model: builtin:tiny-qwen}")))
+    assert "spec.yaml:2: servers.vllm.model: unknown built-in model 'builtin:tiny-qwen'" in typo
+    assert "builtin:tiny-llama3" in typo and "Did you mean 'builtin:tiny-qwen3'?" in typo
+    external = BASE.replace(
+        "{backend: vllm, model: m}",
+        "{backend: external, base_url: 'http://h:1', model: builtin:tiny}",
+    )
+    assert "not by an external one" in str(error(external))
+    tokenizer = BASE.replace("model: m}", "model: m, tokenizer: builtin:tiny-mistrall}")
+    assert "servers.vllm.tokenizer: unknown built-in model" in str(error(tokenizer))
+
+
+def test_include_usage_is_a_load_switch_that_defaults_to_asking() -> None:
+    spec = load(BASE.replace("requests: 2}", "requests: 2, include_usage: false}"))
+    assert spec.scenarios["s"].load.include_usage is False
+    assert load(BASE).scenarios["s"].load.include_usage is True
+    wrong = error(BASE.replace("requests: 2}", "requests: 2, include_usage: no-thanks}"))
+    assert "scenarios.s.load.include_usage" in str(wrong) and "expected true or false" in str(wrong)
 
 
 def test_scenario_load_may_come_from_defaults_alone() -> None:
@@ -636,3 +661,291 @@ def test_server_load_names_a_server_of_the_scenario() -> None:
     assert err.line == 10
     err = error(BASE + "    server_load: {vllm: {paralel: 1}}\n")
     assert "Did you mean 'parallel'?" in str(err)
+
+
+# --- YAML the composer refuses: alias bombs, cycles, depth, tags ----------------------------------
+
+BOMB = """{
+  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol],
+  l1: &l1 [*l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0],
+  l2: &l2 [*l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1],
+  l3: &l3 [*l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2],
+  l4: &l4 [*l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3],
+  l5: &l5 [*l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4]}"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key"),
+    [
+        ("model: m}", f"model: m, args: {BOMB}}}", 7, "servers.vllm.args.l4[0]"),
+        (
+            "requests: 2}",
+            f"requests: 2, extra_body: {BOMB}}}",
+            13,
+            "scenarios.s.load.extra_body.l4[0]",
+        ),
+    ],
+)
+def test_an_alias_bomb_is_refused_where_its_expansion_passes_the_budget(
+    old: str, new: str, line: int, key: str
+) -> None:
+    # nine to the sixth power values: expanding them took seconds and hundreds of MB
+    err = error(BASE.replace(old, new))
+    assert (err.line, err.key) == (line, key)
+    assert err.message == "aliases expand to more than 10,000 values (at *l3)"
+    assert "write large values out once" in err.fix
+
+
+def test_aliases_within_the_budget_share_settings() -> None:
+    text = BASE.replace(
+        "model: m}",
+        "model: m, args: &args {max_model_len: 4096}}\n  hf: {backend: hf, model: m, args: *args}",
+    )
+    spec = load(text)
+    assert spec.servers["hf"].args == spec.servers["vllm"].args == {"max_model_len": 4096}
+
+
+def test_an_alias_inside_the_value_it_names_is_refused() -> None:
+    err = error(BASE.replace("model: m}", "model: m, args: &a {self: *a}}"))
+    assert (err.line, err.key) == (2, "servers.vllm.args.self")
+    assert "alias *a refers to a value that contains it" in err.message
+
+
+def test_deep_nesting_is_refused_without_a_traceback() -> None:
+    deep = "[" * 3000 + "]" * 3000
+    err = error(BASE.replace("requests: 2}", f"requests: 2, extra_body: {{x: {deep}}}}}"))
+    assert err.line == 8
+    assert err.key.startswith("scenarios.s.load.extra_body.x[0][0]")
+    assert err.message == "nested more than 64 levels deep"
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("!!python/name:os.system x", "YAML tag !!python/name:os.system is not allowed"),
+        ("!!python/object/apply:os.system [echo]", "YAML tag !!python/object/apply:os.system"),
+        ("!mine x", "YAML tag !mine is not allowed"),
+        ("!!binary aGk=", "YAML tag !!binary is not allowed"),
+        ("!!timestamp 2024-01-01", "YAML tag !!timestamp is not allowed"),
+        ("!!int abc", "'abc' is not a valid !!int value"),
+        ("!!float x", "'x' is not a valid !!float value"),
+        ("!!bool maybe", "'maybe' is not a valid !!bool value"),
+    ],
+)
+def test_tags_outside_plain_yaml_types_are_refused_with_file_line_and_key(
+    value: str, fragment: str
+) -> None:
+    err = error(BASE.replace("model: m}", f"model: m, args: {{x: {value}}}}}"))
+    assert (err.line, err.key) == (2, "servers.vllm.args.x")
+    assert fragment in err.message
+    assert str(err).startswith("spec.yaml:2: servers.vllm.args.x: ")
+
+
+def test_tags_of_plain_types_are_kept() -> None:
+    spec = load(BASE.replace("model: m}", "model: m, args: {a: !!str 1, b: !!float 2}}"))
+    assert spec.servers["vllm"].args == {"a": "1", "b": 2.0}
+
+
+def test_dates_stay_the_text_written() -> None:
+    # a JSON body cannot carry a date object, and a command line takes the text anyway
+    spec = load(BASE.replace("requests: 2}", "requests: 2, extra_body: {since: 2024-01-01}}"))
+    assert spec.scenarios["s"].load.extra_body == {"since": "2024-01-01"}
+
+
+# --- merge keys and x- anchors ----------------------------------------------------------------
+
+
+MERGED = """\
+x-vllm: &vllm {backend: vllm, model: m, args: {max_model_len: 4096}, device: cpu}
+x-fast: &fast {parallel: 4, requests: 8}
+servers:
+  short: {<<: *vllm}
+  long:
+    <<: *vllm
+    args: {max_model_len: 32768}
+  two: {<<: [{backend: hf, model: first}, *vllm]}
+datasets:
+  rand: {format: random, input_tokens: 8}
+scenarios:
+  s:
+    dataset: rand
+    load: {<<: *fast, requests: 2}
+"""
+
+
+def test_merge_keys_bring_in_an_anchored_mapping_and_own_keys_win() -> None:
+    spec = load(MERGED)
+    assert spec.servers["short"].args == {"max_model_len": 4096}
+    assert spec.servers["long"].args == {"max_model_len": 32768}
+    assert spec.servers["long"].device == "cpu"
+    # of several merged mappings, the first listed wins
+    assert (spec.servers["two"].backend, spec.servers["two"].model) == ("hf", "first")
+    load_ = spec.scenarios["s"].load
+    assert (load_.parallel, load_.requests) == (4, 2)
+
+
+def test_merged_keys_are_checked_like_written_ones() -> None:
+    err = error(MERGED.replace("{parallel: 4,", "{paralel: 4,"))
+    assert (err.line, err.key) == (2, "scenarios.s.load.paralel")
+    assert err.fix == "Did you mean 'parallel'?"
+
+
+@pytest.mark.parametrize("value", ["3", "[*fast, 3]", "[]"])
+def test_a_merge_key_takes_mappings_only(value: str) -> None:
+    err = error(MERGED.replace("{<<: *fast, requests: 2}", f"{{<<: {value}, requests: 2}}"))
+    assert (err.line, err.key) == (14, "scenarios.s.load.<<")
+    assert "a merge key takes a mapping or a list of mappings" in err.message
+
+
+def test_a_second_merge_key_is_a_duplicate() -> None:
+    err = error(MERGED.replace("    <<: *vllm\n", "    <<: *vllm\n    <<: *vllm\n"))
+    assert (err.line, err.key) == (7, "servers.long.<<")
+    assert "duplicate key (first written at line 6)" in err.message
+
+
+def test_x_keys_are_allowed_at_the_top_level_only() -> None:
+    err = error(MERGED.replace("    dataset: rand\n", "    dataset: rand\n    x-note: 1\n"))
+    assert (err.line, err.key, err.message) == (14, "scenarios.s.x-note", "unknown key")
+
+
+# --- nested ${...} defaults -----------------------------------------------------------------------
+
+
+def test_defaults_may_nest_and_are_read_only_when_taken() -> None:
+    assert substitute("${A:-${B:-x}}", {}) == "x"
+    assert substitute("${A:-${B:-x}}", {"B": "b"}) == "b"
+    assert substitute("${A:-${B:-x}}/q", {"A": "a"}) == "a/q"
+    assert substitute("${A:-${B}}", {"A": "a"}) == "a"  # B unset, but its default is not taken
+    assert substitute("${A:-pre-${B:-x}-post}", {}) == "pre-x-post"
+    with pytest.raises(KeyError):
+        substitute("${A:-${B}}", {})
+    with pytest.raises(ValueError, match="unterminated"):
+        substitute("${A:-${B:-x}", {})
+    with pytest.raises(ValueError, match=re.escape("invalid variable reference '${A-x}'")):
+        substitute("${A-x}", {})
+
+
+def test_nested_defaults_in_flow_collections() -> None:
+    spec = load(BASE.replace("{parallel: 1,", "{parallel: ${P:-${Q:-3}},"), {"Q": "5"})
+    assert spec.scenarios["s"].load.parallel == 5
+    err = error(BASE.replace("{parallel: 1,", "{parallel: ${P:-${Q}},"))
+    assert (err.line, err.key) == (8, "scenarios.s.load.parallel")
+    assert err.message == "environment variable Q is not set"
+
+
+# --- values accepted before, failing only at run time ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "fragment"),
+    [
+        ("parallel: 1,", "rate: .inf,", 8, "scenarios.s.load.rate", "expected a finite number"),
+        ("parallel: 1,", "rate: 20000,", 8, "scenarios.s.load.rate", "at most 10,000 req/s"),
+        (
+            "parallel: 1,",
+            "rate: 1e5 req/s,",
+            8,
+            "scenarios.s.load.rate",
+            "at most 10,000 req/s",
+        ),
+        (
+            "parallel: 1,",
+            "parallel: 1000000,",
+            8,
+            "scenarios.s.load.parallel",
+            "must be at most 10000, got 1000000",
+        ),
+        (
+            "requests: 2}",
+            "requests: 2, burstiness: .inf}",
+            8,
+            "scenarios.s.load.burstiness",
+            "expected a finite number",
+        ),
+        (
+            "requests: 2}",
+            'requests: 2, duration: "5"}',
+            8,
+            "scenarios.s.load.duration",
+            "got the string '5' without a time unit",
+        ),
+        (
+            "requests: 2}",
+            "requests: 2, extra_body: {penalty: .inf}}",
+            8,
+            "scenarios.s.load.extra_body.penalty",
+            "JSON has no infinity or NaN",
+        ),
+        (
+            "requests: 2}",
+            'requests: 2, headers: {X-Note: "a\\nInjected: 1"}}',
+            8,
+            "scenarios.s.load.headers.X-Note",
+            "the control character '\\n'",
+        ),
+        (
+            "requests: 2}",
+            "requests: 2, headers: {X-Note: 你好}}",
+            8,
+            "scenarios.s.load.headers.X-Note",
+            "holds '你', which an HTTP header cannot carry (Latin-1 text only)",
+        ),
+        (
+            "requests: 2}",
+            "requests: 2, headers: {X Note: a}}",
+            8,
+            "scenarios.s.load.headers.X Note",
+            "'X Note' is not an HTTP header name",
+        ),
+        (
+            "requests: 2}",
+            "requests: 2, headers: {content-length: 3}}",
+            8,
+            "scenarios.s.load.headers.content-length",
+            "the client writes content-length itself",
+        ),
+        (
+            "{backend: vllm, model: m}",
+            "{backend: external, base_url: 'http://h:99999'}",
+            2,
+            "servers.vllm.base_url",
+            "has no valid port",
+        ),
+        (
+            "{backend: vllm, model: m}",
+            "{backend: external, base_url: 'http://:8000'}",
+            2,
+            "servers.vllm.base_url",
+            "is not an http(s) URL",
+        ),
+    ],
+)
+def test_values_that_would_fail_at_run_time_are_collection_errors(
+    old: str, new: str, line: int, key: str, fragment: str
+) -> None:
+    err = error(BASE.replace(old, new, 1))
+    assert (err.line, err.key) == (line, key), str(err)
+    assert fragment in err.message, str(err)
+
+
+def test_a_quoted_duration_says_how_to_write_it() -> None:
+    err = error(BASE.replace("requests: 2}", 'requests: 2, duration: "5"}'))
+    assert err.fix == 'Remove the quotes for seconds (duration: 5), or add a unit: duration: "5 s".'
+    spec = load(BASE.replace("requests: 2}", 'requests: 2, duration: "5 s"}'))
+    assert spec.scenarios["s"].load.duration == 5.0
+
+
+def test_headers_within_http_rules_are_kept() -> None:
+    spec = load(BASE.replace("requests: 2}", "requests: 2, headers: {X-Team: café, X-N: 3}}"))
+    assert spec.scenarios["s"].load.headers == {"X-Team": "café", "X-N": "3"}
+
+
+@pytest.mark.parametrize("name", ["my server", "a::b", "x[1]"])
+def test_server_names_must_survive_in_test_ids(name: str) -> None:
+    err = error(BASE.replace("  vllm:", f"  '{name}':").replace("\n    load", "\n    load"))
+    assert (err.line, err.key) == (2, f"servers.{name}")
+    assert "server names may hold letters, digits" in err.message
+
+
+def test_where_each_dataset_is_defined_is_kept() -> None:
+    assert load(BASE).dataset_lines == {"rand": 4}

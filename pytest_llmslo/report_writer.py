@@ -1,0 +1,190 @@
+"""Writes a session's reports: every run in its own folder, the latest beside the report path.
+
+`--slo-report llmslo-results/report.md` names the latest run's report; results.json and
+requests.jsonl sit beside it. Each run also keeps its own copy in `runs/<run id>/`, so a second
+session writing into the same folder replaces the latest files but loses nothing. A session that
+finds the latest files written by another session while it ran says so.
+
+Writing never raises: each file is rendered and written on its own (a failure loses that file
+alone, and says which), through a temporary file, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_llmslo import __version__
+from pytest_llmslo.environment import RunInfo, collect_run_info
+from pytest_llmslo.report import render_markdown, request_lines, results_json
+
+if TYPE_CHECKING:
+    from pytest_llmslo.session import ScenarioResult
+
+RUNS_DIR = "runs"
+RESULTS_NAME = "results.json"
+REQUESTS_NAME = "requests.jsonl"
+
+
+@dataclass
+class Written:
+    """What writing the reports did: the markdown (for the terminal) and what to tell."""
+
+    markdown: str
+    messages: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # files lost or overwritten
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where one session's reports go, and what the latest files were when it started."""
+
+    report_path: Path
+    run_id: str
+    latest_at_start: str | None  # run id of the results.json beside report_path, if any
+
+    @classmethod
+    def start(cls, report_path: Path) -> RunFolder:
+        """Called when the session starts: names the run and notes who wrote the latest files."""
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        return cls(report_path, f"{now}-{os.getpid()}", latest_run_id(report_path))
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.report_path.parent / RUNS_DIR
+
+
+def latest_run_id(report_path: Path) -> str | None:
+    """The run id recorded in the results.json beside `report_path`; None when there is none."""
+    try:
+        data = json.loads(report_path.with_name(RESULTS_NAME).read_text(encoding="utf-8"))
+        run_id = data["run"]["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
+def write_reports(
+    results: Sequence[ScenarioResult],
+    report_path: Path,
+    step_summary: str | None,
+    *,
+    run: RunFolder | None = None,
+    notices: Sequence[str] = (),
+) -> Written:
+    """Writes report.md, results.json, requests.jsonl (into the run's folder, then as the latest
+    beside `report_path`) and the GitHub job summary; never raises."""
+    run = run or RunFolder.start(report_path)
+    run_dir, run_id = _claim_run_dir(run)
+    info = _run_info(results)
+    markdown_failed: list[str] = []
+    written = Written("", warnings=[f"llmslo: {n}" for n in notices])
+
+    def markdown() -> str:
+        try:
+            return render_markdown(results, info, notices)
+        except Exception as exc:  # the terminal and the other files still get their verdicts
+            markdown_failed.append(f"{type(exc).__name__}: {exc}")
+            raise
+
+    files: list[tuple[str, Callable[[], str]]] = [
+        (report_path.name, markdown),
+        (
+            RESULTS_NAME,
+            lambda: json.dumps(
+                results_json(results, info, run_id),
+                indent=2,
+                ensure_ascii=False,
+                allow_nan=False,  # NaN and Infinity are not JSON: the tree holds null instead
+            ),
+        ),
+        (REQUESTS_NAME, lambda: "".join(line + "\n" for line in request_lines(results))),
+    ]
+    texts: dict[str, str] = {}
+    for name, render in files:
+        try:
+            texts[name] = render()
+        except Exception as exc:
+            written.warnings.append(f"llmslo: could not render {name}: {type(exc).__name__}: {exc}")
+    written.markdown = texts.get(report_path.name) or (
+        f"(the markdown report could not be rendered: {'; '.join(markdown_failed)})"
+    )
+
+    if _write_all(written, {run_dir / name: text for name, text in texts.items()}):
+        written.messages.append(f"llmslo: this run's reports: {run_dir}")
+    other = latest_run_id(report_path)
+    if other is not None and other not in (run.latest_at_start, run_id):
+        written.warnings.append(
+            f"llmslo: another session (run {other}) wrote {report_path.parent} while this one "
+            f"ran; the latest files there now hold this run ({run_id}), the other run's files "
+            f"are in {run.runs_dir / other}"
+        )
+    latest = {report_path.with_name(name): text for name, text in texts.items()}
+    if _write_all(written, latest):
+        written.messages.append(
+            f"llmslo: wrote {report_path} (latest; {RESULTS_NAME} and {REQUESTS_NAME} beside it)"
+        )
+    if step_summary:
+        try:
+            with open(step_summary, "a", encoding="utf-8") as fh:
+                fh.write(written.markdown + os.linesep)
+            written.messages.append("llmslo: appended the report to $GITHUB_STEP_SUMMARY")
+        except OSError as exc:
+            written.warnings.append(f"llmslo: could not append to $GITHUB_STEP_SUMMARY: {exc}")
+    return written
+
+
+def _write_all(written: Written, texts: dict[Path, str]) -> bool:
+    ok = bool(texts)
+    for path, text in texts.items():
+        try:
+            write_atomic(path, text)
+        except OSError as exc:
+            ok = False
+            written.warnings.append(f"llmslo: could not write {path}: {exc}")
+    return ok
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, so no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _claim_run_dir(run: RunFolder) -> tuple[Path, str]:
+    """The run's own folder, created now; a suffix keeps two runs of one second and process
+    (pytest run in-process twice) apart."""
+    run_id, n = run.run_id, 2
+    while True:
+        path = run.runs_dir / run_id
+        try:
+            path.mkdir(parents=True)
+            return path, run_id
+        except FileExistsError:
+            run_id = f"{run.run_id}-{n}"
+            n += 1
+        except OSError:
+            return path, run_id  # its writes fail and say so; the latest files may still work
+
+
+def _run_info(results: Sequence[ScenarioResult]) -> RunInfo:
+    try:
+        return collect_run_info(results, __version__)
+    except Exception as exc:  # what the machine is must not cost the report
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        return RunInfo(__version__, now, f"unknown ({type(exc).__name__}: {exc})", "", "")
