@@ -103,9 +103,8 @@ def model_hashes(model: str) -> tuple[str | None, str | None]:
     config_hash = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
     listing = []
     for item in sorted(path.iterdir()):
-        if item.is_file() and (
-            item.suffix in _WEIGHT_SUFFIXES or item.name.endswith(".index.json")
-        ):
+        index = item.name.endswith(".index.json")
+        if item.is_file() and (item.suffix in _WEIGHT_SUFFIXES or index):
             entry: dict[str, Any] = {"name": item.name, "size": item.stat().st_size}
             if index:
                 entry["sha256"] = hashlib.sha256(item.read_bytes()).hexdigest()
