@@ -17,6 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
 from pytest_llmslo.datasets import load_prompts
@@ -84,7 +85,10 @@ def vllm_client(endpoint: Endpoint, model: str, w: Workload, requests: int) -> t
     from vllm.benchmarks.serve import main as bench_main
 
     parser = argparse.ArgumentParser()
-    add_cli_args(parser)  # type: ignore[arg-type]  # any argparse parser works
+    # vLLM annotates its own parser subclass, but any argparse parser works; through Any, the
+    # call type-checks the same with vllm installed and without it (the lint venv)
+    add_args: Any = add_cli_args
+    add_args(parser)
     args = [
         "--backend", "vllm", "--base-url", endpoint.base_url, "--model", endpoint.model,
         "--tokenizer", model, "--dataset-name", "random",

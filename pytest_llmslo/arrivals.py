@@ -14,38 +14,6 @@ ARRIVALS: tuple[Arrival, ...] = ("poisson", "constant", "gamma")
 _BLOCK = 1024
 
 
-def interarrival_times(
-    count: int,
-    rate: float,
-    arrival: Arrival = "poisson",
-    *,
-    burstiness: float = 1.0,
-    seed: int = 0,
-) -> np.ndarray:
-    """``count`` gaps in seconds between successive sends, with mean ``1 / rate``.
-
-    ``poisson`` draws exponential gaps, ``constant`` spaces sends evenly and ``gamma`` draws gamma
-    gaps of shape ``burstiness`` (1.0 is Poisson; below 1 requests come in bursts, above 1 they
-    are more regular). The same seed always gives the same gaps.
-    """
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    _check(rate, arrival, burstiness)
-    mean = 1.0 / rate
-    if arrival == "constant":
-        return np.full(count, mean)
-    rng = np.random.default_rng(seed)
-    blocks = []
-    remaining = count
-    while remaining > 0:
-        blocks.append(_draw(rng, arrival, mean, burstiness))
-        remaining -= _BLOCK
-    if not blocks:
-        return np.empty(0)
-    gaps: np.ndarray = np.concatenate(blocks)[:count]
-    return gaps
-
-
 def arrival_offsets(
     rate: float,
     arrival: Arrival = "poisson",
@@ -53,7 +21,13 @@ def arrival_offsets(
     burstiness: float = 1.0,
     seed: int = 0,
 ) -> Iterator[float]:
-    """Endless send times in seconds from the start of the schedule; the first is 0.0."""
+    """Endless send times in seconds from the start of the schedule; the first is 0.0.
+
+    The gaps between sends have mean ``1 / rate``: ``poisson`` draws exponential gaps,
+    ``constant`` spaces sends evenly and ``gamma`` draws gamma gaps of shape ``burstiness``
+    (1.0 is Poisson; below 1 requests come in bursts, above 1 they are more regular). The same
+    seed always gives the same schedule.
+    """
     _check(rate, arrival, burstiness)
     mean = 1.0 / rate
     rng = np.random.default_rng(seed)

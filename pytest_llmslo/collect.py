@@ -3,24 +3,52 @@
 Ids read ``spec.yaml::scenario::server::objective``: every part is a node of its own, so an id
 copied from the output selects its test, and ``--lf``, ``--deselect`` and JUnit names keep it
 whole (pytest reads ``[...]`` as a parameter list that may only end an id).
+
+The plugin imports this module in every pytest run: the spec reader, the datasets, the reports
+and the engine are imported when a spec is collected or run, never before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmslo.datasets import read_spec_datasets
-from pytest_llmslo.report import failure_text, scenario_section
-from pytest_llmslo.spec import Scenario, Spec, SpecError, load_spec
-
 if TYPE_CHECKING:
-    from pytest_llmslo.session import ScenarioResult, SloSession
+    from pytest_llmslo.result import ScenarioResult
+    from pytest_llmslo.session import SloSession
+    from pytest_llmslo.spec import Scenario, Spec
 
 # when a scenario declares no objective, this item still fails a run that could not complete
 COMPLETED = "completed"
+
+XDIST_REFUSAL = (
+    "pytest-llmslo: SLO specs cannot run under pytest-xdist: every worker would start its own "
+    "copy of each server, and concurrent load from other workers would distort the measurements. "
+    "Run the specs in a separate pytest invocation without -n (e.g. 'pytest --slo SPEC -p "
+    "no:xdist'), and your other tests with -n."
+)
+
+# How to open the run's SloSession (the plugin sets it when pytest is configured), and the
+# session once open: it opens on first use, so a run without specs or llmslo_* fixtures never
+# imports the load engine.
+OPEN_SESSION_KEY: pytest.StashKey[Callable[[], SloSession]] = pytest.StashKey()
+_SESSION_KEY: pytest.StashKey[SloSession] = pytest.StashKey()
+
+
+def slo_session(config: pytest.Config) -> SloSession:
+    """The run's SloSession, opened now if nothing has opened it yet."""
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is None:
+        session = config.stash[OPEN_SESSION_KEY]()
+        config.stash[_SESSION_KEY] = session
+    return session
+
+
+def opened_session(config: pytest.Config) -> SloSession | None:
+    """The run's SloSession if something opened it; None: nothing to report and no server."""
+    return config.stash.get(_SESSION_KEY, None)
 
 
 class SLOFailure(Exception):
@@ -33,9 +61,10 @@ class SLOFailure(Exception):
 
 class SpecFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
-        if hasattr(self.config, "workerinput"):  # found by name on a pytest-xdist worker
-            from pytest_llmslo.plugin import XDIST_REFUSAL
+        from pytest_llmslo.datasets import read_spec_datasets
+        from pytest_llmslo.spec import SpecError, load_spec
 
+        if hasattr(self.config, "workerinput"):  # found by name on a pytest-xdist worker
             raise SpecError(self.path, None, "", XDIST_REFUSAL)
         # dataset files are read now: a broken one fails collection, before any server starts
         spec = read_spec_datasets(load_spec(self.path))
@@ -43,6 +72,8 @@ class SpecFile(pytest.File):
             yield ScenarioNode.from_parent(self, name=scenario.name, spec=spec, scenario=scenario)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        from pytest_llmslo.spec import SpecError
+
         if isinstance(excinfo.value, SpecError):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
@@ -73,9 +104,7 @@ class ServerNode(pytest.Collector):
         self.server = server
 
     def collect(self) -> Iterator[pytest.Item]:
-        from pytest_llmslo.plugin import SESSION_KEY
-
-        session: SloSession = self.config.stash[SESSION_KEY]
+        session = slo_session(self.config)
         metrics = [o.metric for o in self.scenario.objectives] or [COMPLETED]
         for metric in metrics:
             yield SLOItem.from_parent(
@@ -103,33 +132,24 @@ class SLOItem(pytest.Item):
         return (str(self.server_node.spec.path), self.server_node.server)
 
     def runtest(self) -> None:
-        from pytest_llmslo.plugin import SESSION_KEY
+        from pytest_llmslo.report import failure_text
 
         if self.unmeasurable:
-            raise SLOFailure(f"{self.metric}: not measurable: {self.unmeasurable}")
-        session: SloSession = self.config.stash[SESSION_KEY]
+            raise SLOFailure(f"{self.metric} = not measurable: {self.unmeasurable}")
         node = self.server_node
-        result = session.result(node.spec, node.scenario.name, node.server)
+        result = slo_session(self.config).result(node.spec, node.scenario.name, node.server)
         if result.skipped:
             pytest.skip(result.skipped)
-        self._record_properties(result)
+        self.user_properties += junit_properties(result, [self.metric])
         if self.metric == COMPLETED:
-            if result.error:
+            if not result.completed:
                 raise SLOFailure(failure_text(result, None))
             return
         verdict = result.verdict(self.metric)
         if verdict is None:
             raise SLOFailure(f"{self.metric}: no verdict was produced")
-        if not verdict.passed or result.interrupted:
+        if not result.passed(self.metric):
             raise SLOFailure(failure_text(result, verdict))
-
-    def _record_properties(self, result: ScenarioResult) -> None:
-        verdict = result.verdict(self.metric)
-        if verdict is not None:
-            self.user_properties.append(("slo_objective", verdict.objective.text))
-            self.user_properties.append(("slo_measured", str(verdict.measured.value)))
-            self.user_properties.append(("slo_passed", str(verdict.passed).lower()))
-        self.user_properties.append(("slo_report", scenario_section(result)))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, SLOFailure):
@@ -144,3 +164,19 @@ class SLOItem(pytest.Item):
         )
         domain = f"{node.scenario.name}::{node.server}::{self.metric}"
         return self.path, (line - 1) if line else None, domain
+
+
+def junit_properties(result: ScenarioResult, metrics: list[str]) -> list[tuple[str, object]]:
+    """What JUnit XML records for a test: each objective's target, value and outcome, and the
+    scenario's report section (spec items and hand-written tests alike)."""
+    from pytest_llmslo.report import scenario_section
+
+    properties: list[tuple[str, object]] = []
+    for metric in metrics:
+        verdict = result.verdict(metric)
+        if verdict is not None:
+            properties.append(("slo_objective", verdict.objective.text))
+            properties.append(("slo_measured", str(verdict.measured.value)))
+            properties.append(("slo_passed", str(result.passed(metric)).lower()))
+    properties.append(("slo_report", scenario_section(result)))
+    return properties

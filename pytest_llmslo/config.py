@@ -1,19 +1,56 @@
-"""Typed configuration of servers, datasets and load: what the YAML spec parses into.
+"""Typed configuration of servers, datasets and load: what a spec or a Python mapping becomes.
 
-These are the contracts between the spec parser and the modules that act on them; each module
-validates nothing here again, ``spec.py`` does it once at the edge.
+These are the contracts between the edge that reads configuration and the modules that act on
+it. Each field that a spec may set declares itself here once, in its metadata (``spec_key``): its
+kind (type, bounds, units, choices) and its line in docs/spec-reference.md. ``schema.py`` reads
+a section of a spec or a Python mapping from that and checks every value once, at the edge; the
+modules that use a config validate nothing again.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from pytest_llmslo.kinds import (
+    MAX_PARALLEL,
+    BaseUrl,
+    ByteSize,
+    Choice,
+    DatasetPath,
+    Device,
+    Duration,
+    EnvName,
+    FailureBudget,
+    Flag,
+    GpuIds,
+    Headers,
+    Integer,
+    JsonBody,
+    JsonlField,
+    MetricsMode,
+    ModelName,
+    Number,
+    Rate,
+    ServerArgs,
+    StringMap,
+    Strings,
+    Text,
+    TokenizerName,
+    spec_key,
+)
 
 Backend = Literal["vllm", "hf", "external"]
 ApiKind = Literal["chat", "completions"]
 Arrival = Literal["poisson", "constant", "gamma"]
 DatasetFormat = Literal["openqa", "longalpaca", "line_by_line", "sharegpt", "random", "jsonl"]
+
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+FORMATS: tuple[str, ...] = typing.get_args(DatasetFormat)
+ARRIVALS: tuple[str, ...] = typing.get_args(Arrival)
+APIS: tuple[str, ...] = typing.get_args(ApiKind)
 
 
 def _redacted_repr(config: object) -> str:
@@ -36,30 +73,132 @@ def _redacted_repr(config: object) -> str:
 @dataclass(frozen=True)
 class ServerConfig:
     name: str  # the key under `servers:` in the spec
-    backend: Backend
-    model: str = ""  # hub id or local directory; for external: the served model name ("" = ask)
-    served_model_name: str | None = None  # name clients send; defaults to `model`
-    # backend options as a mapping: vLLM flags without dashes (gpu_memory_utilization: 0.9 ->
-    # --gpu-memory-utilization 0.9; true -> bare flag; false -> omitted), hf: device, dtype, ...
-    args: dict[str, Any] = field(default_factory=dict)
-    extra_args: tuple[str, ...] = ()  # appended verbatim to the command line
-    env: dict[str, str] = field(default_factory=dict)
-    startup_timeout: float = 600.0  # seconds until /health and /v1/models answer
-    gpu_ids: tuple[int, ...] | None = None  # -> CUDA_VISIBLE_DEVICES; None leaves it untouched
-    device: str = "auto"  # auto | cpu | cuda (hf's --device; vLLM picks from its build)
-    host: str = "127.0.0.1"
-    port: int | None = None  # None picks a free port
-    base_url: str | None = None  # external only
-    api_key_env: str | None = None  # name of the env var that holds the API key
-    stop_timeout: float = 20.0  # grace between SIGTERM and SIGKILL
-    # skip (not fail) this server's scenarios when its backend package is not installed
-    skip_if_missing: bool = False
-    # counts tokens where the server sends no usage, and makes `random` prompts: a local
-    # directory or a hub id; None: the model's own (for external: `model`, if a local directory)
-    tokenizer: str | None = None
-    # scrape GET /metrics during load: None asks the server once (auto), False never asks,
-    # True requires it (a server that does not serve it fails to start)
-    metrics: bool | None = None
+    backend: Backend = field(
+        metadata=spec_key(
+            Choice(BACKENDS, "backend"),
+            "vLLM's OpenAI server, `transformers serve`, or a service already running",
+        )
+    )
+    model: str = field(
+        default="",
+        metadata=spec_key(
+            ModelName(),
+            'hub id or local directory; for `external`, the served model name (`""` or '
+            "absent: the first model `/v1/models` lists)",
+            default="required for `vllm`, `hf`",
+        ),
+    )
+    served_model_name: str | None = field(
+        default=None, metadata=spec_key(Text(), "the name clients send", default="`model`")
+    )
+    args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=spec_key(
+            ServerArgs(),
+            "backend options; for vLLM, flags without dashes: `max_model_len: 4096` -> "
+            "`--max-model-len 4096`, `true` -> bare flag, `false` -> omitted. Keys must not "
+            "start with `-`",
+        ),
+    )
+    extra_args: tuple[str, ...] = field(
+        default=(),
+        metadata=spec_key(
+            Strings(), "appended verbatim to the command line (numbers are taken as text)"
+        ),
+    )
+    env: dict[str, str] = field(
+        default_factory=dict,
+        metadata=spec_key(
+            StringMap(),
+            "environment of the server process (numbers are taken as text; booleans must be "
+            "quoted)",
+        ),
+    )
+    startup_timeout: float = field(
+        default=600.0,
+        metadata=spec_key(
+            Duration(),
+            "how long the server may take until `/health` and `/v1/models` answer; for "
+            "`external` (and with `--slo-server-url`), how long a server that accepts "
+            "connections may take to answer `/v1/models` (a refused connection fails within 2 s)",
+        ),
+    )
+    gpu_ids: tuple[int, ...] | None = field(
+        default=None,
+        metadata=spec_key(GpuIds(), "sets `CUDA_VISIBLE_DEVICES`", default="untouched"),
+    )
+    device: str = field(
+        default="auto",
+        metadata=spec_key(Device(), "`transformers serve --device`; vLLM picks from its build"),
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata=spec_key(Text(), "interface the managed server listens on"),
+    )
+    port: int | None = field(
+        default=None,
+        metadata=spec_key(
+            Integer(minimum=1, maximum=65535), "port of the managed server", default="a free port"
+        ),
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata=spec_key(
+            BaseUrl(),
+            "the service, without `/v1`",
+            default="required for `external`, not allowed otherwise",
+        ),
+    )
+    api_key_env: str | None = field(
+        default=None,
+        metadata=spec_key(
+            EnvName(),
+            "name of the environment variable that holds the API key (never the key itself)",
+        ),
+    )
+    stop_timeout: float = field(
+        default=20.0,
+        metadata=spec_key(
+            Duration(),
+            "grace between SIGTERM and SIGKILL, when the plugin stops the server and when its "
+            "watchdog does (pytest killed); a second Ctrl-C or SIGTERM skips it",
+        ),
+    )
+    skip_if_missing: bool = field(
+        default=False,
+        metadata=spec_key(
+            Flag(),
+            "when the backend's package is not installed, skip this server's tests with the "
+            "reason instead of failing them",
+        ),
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata=spec_key(
+            TokenizerName(),
+            "tokenizer that counts tokens the server does not report (no `usage`) and makes "
+            "`format: random` prompts: a local directory with `tokenizer.json` (must exist; "
+            "relative to the working directory), a hub id in the local Hugging Face cache "
+            "(nothing is downloaded), or `builtin:tiny`. Default: `model` for `vllm` and `hf`; "
+            "for `external`, `model` or the served name when either is a local directory, else "
+            "none. A named tokenizer that cannot be loaded fails the server's scenarios. Counts "
+            "it makes are labelled as estimates",
+            default="the model's",
+        ),
+    )
+    # None is `auto`: scrape when the server serves /metrics
+    metrics: bool | None = field(
+        default=None,
+        metadata=spec_key(
+            MetricsMode(),
+            "scrape the server's Prometheus `GET /metrics` during load: `auto` scrapes vLLM, "
+            "never `transformers serve`, and asks an `external` server once at start; `false` "
+            "never requests it (server-metric objectives are then not measurable); `true` "
+            "requires it: an `external` server that does not serve it fails to start (`hf` "
+            "cannot take `true`)",
+            default="`auto`",
+        ),
+    )
 
     __repr__ = _redacted_repr
 
@@ -67,50 +206,192 @@ class ServerConfig:
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str
-    format: DatasetFormat
-    path: str | None = None  # not used by `random`
-    sample: int | None = None  # keep this many prompts (seeded shuffle); None keeps all
-    seed: int = 0
-    min_prompt_tokens: int | None = None
-    max_prompt_tokens: int | None = None
-    input_tokens: int | None = None  # random: exact prompt length in tokens
-    count: int | None = None  # random: how many prompts to make (default: sample or 100)
-    # jsonl: the field that holds the prompt (a string) or the messages (a list)
-    field: str | None = None
+    format: DatasetFormat = field(
+        metadata=spec_key(Choice(FORMATS, "format"), "how to read prompts")
+    )
+    path: str | None = field(
+        default=None,
+        metadata=spec_key(
+            DatasetPath(tuple(f for f in FORMATS if f != "random")),
+            "dataset file; relative paths are taken from the spec file's directory and must exist",
+            default="required except for `random`; not allowed for `random`",
+        ),
+    )
+    sample: int | None = field(
+        default=None,
+        metadata=spec_key(
+            Integer(minimum=1), "keep this many prompts (seeded shuffle)", default="all"
+        ),
+    )
+    seed: int = field(default=0, metadata=spec_key(Integer(), "seed of the sample"))
+    min_prompt_tokens: int | None = field(
+        default=None, metadata=spec_key(Integer(minimum=1), "drop shorter prompts")
+    )
+    max_prompt_tokens: int | None = field(
+        default=None,
+        metadata=spec_key(Integer(minimum=1), "drop longer prompts; not below `min_prompt_tokens`"),
+    )
+    input_tokens: int | None = field(
+        default=None,
+        metadata=spec_key(
+            Integer(minimum=1), "exact prompt length in tokens", default="required for `random`"
+        ),
+    )
+    count: int | None = field(
+        default=None,
+        metadata=spec_key(
+            Integer(minimum=1),
+            "`random`: how many prompts to make",
+            default="`sample` or 100",
+        ),
+    )
+    field: str | None = field(
+        default=None,
+        metadata=spec_key(
+            JsonlField(),
+            "`jsonl` only: the field holding the prompt (a string) or the messages (a list)",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class LoadConfig:
-    api: ApiKind = "chat"
-    stream: bool = True
-    # ask for `usage` in the stream's last chunk; false counts tokens with the model's tokenizer
-    # (where the server sends none unasked), as against a server that never sends usage
-    include_usage: bool = True
-    parallel: int | None = None  # closed loop: this many concurrent users
-    rate: float | None = None  # open loop: requests per second
-    arrival: Arrival = "poisson"
-    burstiness: float = 1.0  # gamma shape; 1.0 is Poisson, < 1 burstier
-    requests: int | None = None  # measured requests (warmup not included)
-    duration: float | None = None  # seconds of measured load (alternative or cap to requests)
-    warmup: int = 0  # requests sent first and excluded from every metric
-    max_tokens: int | None = 256
-    min_tokens: int | None = None  # sent to every backend but hf (transformers serve rejects it)
-    ignore_eos: bool | None = None  # generate exactly max_tokens; as min_tokens
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int = 0  # schedule, sampling of prompts and the request `seed` field
-    request_seed: bool = False  # also send `seed` in each request body
-    stop: tuple[str, ...] = ()
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    connect_timeout: float = 10.0
-    read_timeout: float = 300.0  # longest silence between two chunks
-    total_timeout: float = 600.0  # whole request
-    max_response_bytes: int = 64 * 2**20  # one response may hold this much, framing included
-    # stop the run after this many requests in a row timed out (a hung server); None: never
-    max_consecutive_timeouts: int | None = 3
-    # stop the run once more measured requests failed than this: an int is a count, a float a
-    # fraction of `requests`; None: never
-    failure_budget: int | float | None = None
+    api: ApiKind = field(
+        default="chat",
+        metadata=spec_key(Choice(APIS, "api"), "`/v1/chat/completions` or `/v1/completions`"),
+    )
+    stream: bool = field(
+        default=True,
+        metadata=spec_key(Flag(), "stream the answer (needed for TTFT, TPOT, ITL)"),
+    )
+    include_usage: bool = field(
+        default=True,
+        metadata=spec_key(
+            Flag(),
+            "ask for `usage` in the stream's last chunk (`stream_options.include_usage`); "
+            "`false` counts tokens with the model's tokenizer instead, as against a server that "
+            "sends none (vLLM then sends none; transformers serve 5.19 sends it anyway)",
+        ),
+    )
+    parallel: int | None = field(
+        default=None,
+        metadata=spec_key(
+            Integer(minimum=1, maximum=MAX_PARALLEL),
+            "closed loop: this many concurrent users",
+            type=f"integer 1-{MAX_PARALLEL:,}",
+        ),
+    )
+    rate: float | None = field(
+        default=None, metadata=spec_key(Rate(), "open loop: requests per second")
+    )
+    arrival: Arrival = field(
+        default="poisson",
+        metadata=spec_key(Choice(ARRIVALS, "arrival"), "open-loop arrival schedule"),
+    )
+    burstiness: float = field(
+        default=1.0,
+        metadata=spec_key(
+            Number(positive=True), "gamma shape: 1 is Poisson, below 1 burstier", default="`1.0`"
+        ),
+    )
+    requests: int | None = field(
+        default=None,
+        metadata=spec_key(Integer(minimum=1), "measured requests (warmup not included)"),
+    )
+    duration: float | None = field(
+        default=None, metadata=spec_key(Duration(), "how long to measure")
+    )
+    warmup: int = field(
+        default=0,
+        metadata=spec_key(Integer(minimum=0), "requests sent first and excluded from every metric"),
+    )
+    max_tokens: int | None = field(
+        default=256,
+        metadata=spec_key(
+            Integer(minimum=1, nullable=True),
+            "output limit per request; `null` leaves it to the server",
+        ),
+    )
+    min_tokens: int | None = field(
+        default=None,
+        metadata=spec_key(
+            Integer(minimum=0),
+            "sent to `vllm` and `external` servers (one that rejects it answers 4xx); not to "
+            "`hf`, which rejects it (the report says so)",
+        ),
+    )
+    ignore_eos: bool | None = field(
+        default=None,
+        metadata=spec_key(
+            Flag(nullable=True), "generate exactly `max_tokens`; sent like `min_tokens`"
+        ),
+    )
+    temperature: float | None = field(
+        default=None,
+        metadata=spec_key(Number(minimum=0), "sampling temperature", default="server's"),
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata=spec_key(Number(positive=True, maximum=1), "nucleus sampling", default="server's"),
+    )
+    seed: int = field(
+        default=0,
+        metadata=spec_key(Integer(), "seed of the schedule, prompt order and request seeds"),
+    )
+    request_seed: bool = field(
+        default=False, metadata=spec_key(Flag(), "also send `seed` in each request body")
+    )
+    stop: tuple[str, ...] = field(
+        default=(), metadata=spec_key(Strings(one=True), "stop sequences")
+    )
+    extra_body: dict[str, Any] = field(
+        default_factory=dict, metadata=spec_key(JsonBody(), "merged into every request body")
+    )
+    headers: dict[str, str] = field(
+        default_factory=dict,
+        metadata=spec_key(
+            Headers(),
+            "extra HTTP headers (credential-named ones are shown as `***` in every output); "
+            "names are HTTP tokens (letters, digits, `-`, ...), values one line of Latin-1 "
+            "text; `Host`, `Content-Length`, `Content-Type` and `Transfer-Encoding` are the "
+            "client's own",
+        ),
+    )
+    connect_timeout: float = field(
+        default=10.0, metadata=spec_key(Duration(), "to open a connection")
+    )
+    read_timeout: float = field(
+        default=300.0, metadata=spec_key(Duration(), "longest silence between two chunks")
+    )
+    total_timeout: float = field(default=600.0, metadata=spec_key(Duration(), "a whole request"))
+    max_response_bytes: int = field(
+        default=64 * 2**20,
+        metadata=spec_key(
+            ByteSize(),
+            "the most one response may hold (headers and framing included); a larger one is "
+            "cut off and fails as `response_too_large` (a `Content-Length` above it fails at "
+            "once)",
+            default="`64 MiB`",
+        ),
+    )
+    max_consecutive_timeouts: int | None = field(
+        default=3,
+        metadata=spec_key(
+            Integer(minimum=1, nullable=True),
+            "stop the scenario after this many requests in a row timed out (a hung server that "
+            "still accepts connections); `null` never stops for this",
+        ),
+    )
+    # an int is a count of failed requests, a float a fraction of `requests` (a spec writes
+    # it as a percentage)
+    failure_budget: int | float | None = field(
+        default=None,
+        metadata=spec_key(
+            FailureBudget(),
+            "stop the scenario once more measured requests failed than this; a percentage "
+            "needs `requests`",
+            default="`null`",
+        ),
+    )
 
     __repr__ = _redacted_repr

@@ -7,9 +7,9 @@ Formats (``DatasetConfig.format``):
 - ``line_by_line``: a text file, one prompt a line; blank lines are skipped.
 - ``sharegpt``: a JSON list of objects whose ``conversations`` (or ``conversation``, ``items``)
   is a list of ``{"from": "human"|"gpt"|"system", "value": ...}`` turns. The prompt is the first
-  human turn and, with a tokenizer, the gpt turn right after it sizes ``expected_output_tokens``.
-  Conversations without a human turn are skipped (real ShareGPT dumps have some); a file where
-  every conversation is skipped is an error.
+  non-empty human turn, as vLLM's benchmark takes it. Conversations without a human turn are
+  skipped (real ShareGPT dumps have some); a file where every conversation is skipped is an
+  error.
 - ``jsonl``: one JSON object a line with ``prompt`` (a string) or ``messages`` (a list of
   ``{"role", "content"}``), or the field named by ``DatasetConfig.field`` (either shape).
 - ``random``: ``count`` prompts of exactly ``input_tokens`` tokens with the model's tokenizer,
@@ -47,7 +47,6 @@ FORMATS: tuple[str, ...] = ("openqa", "longalpaca", "line_by_line", "sharegpt", 
 DEFAULT_RANDOM_COUNT = 100
 _SHAREGPT_TURNS = ("conversations", "conversation", "items")
 _HUMAN = ("human", "user")
-_GPT = ("gpt", "assistant", "chatgpt", "bard", "bing", "model")
 _RANDOM_ATTEMPTS = 16  # fresh starts
 _RANDOM_ROUNDS = 16  # decode, re-encode and adjust, per start
 
@@ -81,7 +80,6 @@ class _Entry:
 
     text: str | None = None
     messages: tuple[dict[str, str], ...] | None = None
-    reference_output: str | None = None  # sharegpt: the answer that followed the prompt
 
 
 @dataclass(frozen=True)
@@ -179,11 +177,9 @@ def load_prompts(
     prompts: list[Prompt] = []
     for position in order:
         entry = entries[position]
-        input_tokens = expected = None
+        input_tokens = None
         if tokenizer is not None:
             input_tokens = tokenizer.count(_entry_text(entry))
-            if entry.reference_output is not None:
-                expected = tokenizer.count(entry.reference_output)
         if not _passes(config, input_tokens):
             continue
         prompts.append(
@@ -192,7 +188,6 @@ def load_prompts(
                 text=entry.text,
                 messages=entry.messages,
                 input_tokens=input_tokens,
-                expected_output_tokens=expected,
             )
         )
         if wanted is not None and len(prompts) == wanted:
@@ -498,7 +493,7 @@ def _read_sharegpt(config: DatasetConfig, path: Path) -> Iterator[_Entry]:
                 f"give every item its turns ({shape})",
                 path=path,
             )
-        entry = _first_exchange(config, path, i, turns)
+        entry = _first_human_turn(config, path, i, turns)
         if entry is None:
             skipped += 1
             continue
@@ -524,10 +519,10 @@ def _sharegpt_turns(item: Any) -> list[Any] | None:
     return None
 
 
-def _first_exchange(
+def _first_human_turn(
     config: DatasetConfig, path: Path, item: int, turns: Sequence[Any]
 ) -> _Entry | None:
-    """The first human turn and the answer right after it, as vLLM's benchmark pairs them."""
+    """The first non-empty human turn; None when the conversation has none."""
     for t, turn in enumerate(turns):
         if (
             not isinstance(turn, dict)
@@ -541,15 +536,9 @@ def _first_exchange(
                 "give every turn a string `from` and `value`",
                 path=path,
             )
-    for t, turn in enumerate(turns):
+    for turn in turns:
         if turn["from"].lower() in _HUMAN and turn["value"].strip():
-            following = turns[t + 1] if t + 1 < len(turns) else None
-            reference = (
-                following["value"]
-                if following is not None and following["from"].lower() in _GPT
-                else None
-            )
-            return _Entry(text=turn["value"], reference_output=reference)
+            return _Entry(text=turn["value"])
     return None
 
 

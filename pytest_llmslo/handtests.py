@@ -1,45 +1,65 @@
-"""Building blocks for hand-written SLO tests and scripts: start a server, run a workload, check."""
+"""Building blocks for hand-written SLO tests and scripts: start a server, run a workload, check.
+
+A hand-written run goes through the runner that spec scenarios use (`runner.py`) and ends in the
+same frozen `ScenarioResult`: a server started by a `ServerFactory` is watched by telemetry (its
+memory objectives are measured), and under pytest the `llmslo_*` fixtures hand each result to the
+session, so it appears in report.md, results.json and JUnit like a spec run.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
 from pytest_llmslo.datasets import load_prompts
-from pytest_llmslo.load import LoadResult, run_load
-from pytest_llmslo.metrics import DEFAULT_PERCENTILES, RequestObjective, Summary, summarize
+from pytest_llmslo.metrics import DEFAULT_PERCENTILES, Summary
 from pytest_llmslo.models import resolve_model
 from pytest_llmslo.records import Endpoint, Prompt, RequestRecord
-from pytest_llmslo.redact import scrub_file, server_secrets
-from pytest_llmslo.servers import Server, make_server
+from pytest_llmslo.result import ScenarioResult, Started
+from pytest_llmslo.runner import MonitoredServer, run_scenario
+from pytest_llmslo.schema import load_config
 from pytest_llmslo.slo import (
     Measurement,
+    Objective,
     Verdict,
-    evaluate,
     parse_objective,
     parse_request_objective,
 )
+from pytest_llmslo.spec import Scenario
 from pytest_llmslo.tokens import load_tokenizer
+
+_MISSING_TOKENS_HINT = "pass tokenizer_model= (a local model directory or a cached hub id)"
 
 
 @dataclass(frozen=True)
 class LoadRun:
-    """What `run_workload` returns: every record and the summary of the measured ones."""
+    """What `run_workload` returns: the run's frozen result, as the reports show it, and its
+    summary (a run that happened always has one)."""
 
-    records: list[RequestRecord]
+    result: ScenarioResult
     summary: Summary
-    result: LoadResult
+
+    @classmethod
+    def of(cls, result: ScenarioResult) -> LoadRun:
+        if result.summary is None:
+            raise RuntimeError(f"the run has no summary: {result.error or 'nothing was measured'}")
+        return cls(result, result.summary)
+
+    @property
+    def records(self) -> tuple[RequestRecord, ...]:
+        return self.result.records
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """The verdicts on the objectives given to `run_workload`."""
+        return self.result.verdicts
 
     def measure(self, metric: str) -> Measurement:
-        try:
-            value, n, reason = self.summary.value(metric)
-        except KeyError:
-            return Measurement(float("nan"), None, f"{metric} is not measured by a load run")
-        return Measurement(value, n, reason)
+        return self.result.measure(metric)
 
 
 def run_workload(
@@ -47,94 +67,200 @@ def run_workload(
     prompts: Sequence[Prompt] | Sequence[str] | DatasetConfig,
     load: LoadConfig | Mapping[str, Any] | None = None,
     *,
+    objectives: Mapping[str, str] | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     request_slo: Mapping[str, str] | None = None,
     tokenizer_model: str | None = None,
+    servers: ServerFactory | None = None,
+    name: str = "workload",
 ) -> LoadRun:
     """Runs a workload against an endpoint without pytest: prompts may be strings, Prompt objects
     or a DatasetConfig; `load` a LoadConfig or a mapping of its fields (default: 1 user,
-    10 requests).
+    10 requests); `objectives` ({"ttft_p95": "<= 500 ms"}) are judged into `run.verdicts`.
+
+    An endpoint that `servers` (a ServerFactory) started gets telemetry: its memory objectives
+    are measured. Any other endpoint was not started by this run, and those objectives are not
+    measurable.
     """
+    return LoadRun.of(
+        workload_result(
+            endpoint,
+            prompts,
+            load,
+            objectives=objectives,
+            percentiles=percentiles,
+            request_slo=request_slo,
+            tokenizer_model=tokenizer_model,
+            servers=servers,
+            name=name,
+        )
+    )
+
+
+def workload_result(
+    endpoint: Endpoint,
+    prompts: Sequence[Prompt] | Sequence[str] | DatasetConfig,
+    load: LoadConfig | Mapping[str, Any] | None = None,
+    *,
+    objectives: Mapping[str, str] | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    request_slo: Mapping[str, str] | None = None,
+    tokenizer_model: str | None = None,
+    servers: ServerFactory | None = None,
+    name: str = "workload",
+    source: str = "",
+) -> ScenarioResult:
+    """`run_workload`'s result before it is wrapped; `source` names where the run comes from in
+    the reports (a test's node id)."""
+    started = Started.now()
     tokenizer = load_tokenizer(tokenizer_model or endpoint.model)
     if isinstance(prompts, DatasetConfig):
         prompt_list = load_prompts(prompts, tokenizer=tokenizer)
+        dataset = prompts.name
     else:
         prompt_list = [
             p if isinstance(p, Prompt) else Prompt(index=i, text=str(p))
             for i, p in enumerate(prompts)
         ]
+        dataset = f"{len(prompt_list)} prompts given by the test"
     config = _load_config(load)
-    result = run_load(
-        endpoint, prompt_list, config, count_tokens=tokenizer.count if tokenizer else None
+    monitored = servers.monitored(endpoint) if servers is not None else None
+    server = monitored.config if monitored is not None else reached(endpoint)
+    scenario = Scenario(
+        name=name,
+        servers=(server.name,),
+        dataset=dataset,
+        load=config,
+        objectives=parse_objectives(objectives or {}),
+        request_slo=tuple(parse_request_objective(k, v) for k, v in (request_slo or {}).items()),
+        percentiles=tuple(percentiles),
+        line=0,
     )
-    objectives = [parse_request_objective(k, v) for k, v in (request_slo or {}).items()]
-    summary = summarize(
-        result.records,
-        window=(result.window_start, result.window_end),
-        percentiles=percentiles,
-        request_objectives=[RequestObjective(o.metric, o.op, o.threshold) for o in objectives],
+    return run_scenario(
+        scenario,
+        server,
+        endpoint,
+        prompt_list,
+        config,
+        source=source,
+        started=started,
+        tokenizer=tokenizer,
+        missing_tokens_hint=_MISSING_TOKENS_HINT,
+        monitored=monitored,
     )
-    return LoadRun(result.records, summary, result)
+
+
+def reached(endpoint: Endpoint) -> ServerConfig:
+    """The configuration of a server this run did not start: its processes are not ours, so
+    its start-up time and memory are not measurable (as for a spec's external server)."""
+    return ServerConfig(
+        name=endpoint.backend or "endpoint",
+        backend="external",
+        model=endpoint.model,
+        base_url=endpoint.base_url,
+    )
 
 
 def _load_config(load: LoadConfig | Mapping[str, Any] | None) -> LoadConfig:
     if isinstance(load, LoadConfig):
         return load
     values = dict(load or {})
-    known = {f.name for f in fields(LoadConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown load settings {unknown}; valid: {', '.join(sorted(known))}")
-    values.setdefault("parallel", 1 if "rate" not in values else None)
-    values.setdefault("requests", 10 if "duration" not in values else None)
-    return LoadConfig(**values)
+    # a hand-written run without a shape is one user sending ten requests
+    if "rate" not in values:
+        values.setdefault("parallel", 1)
+    if "duration" not in values:
+        values.setdefault("requests", 10)
+    # checked as a spec's `load:` is: ConfigError names the key, the problem and the fix
+    return load_config(values, where="run_workload(load=...)")
 
 
-def check_slo(run: LoadRun, objectives: Mapping[str, str]) -> list[Verdict]:
-    return evaluate([parse_objective(k, v) for k, v in objectives.items()], run.measure)
+def parse_objectives(objectives: Mapping[str, str]) -> tuple[Objective, ...]:
+    return tuple(parse_objective(k, v) for k, v in objectives.items())
 
 
-def assert_slo(run: LoadRun, objectives: Mapping[str, str]) -> None:
-    """Raises AssertionError naming every missed objective, with the same detail as a spec run."""
-    missed = [v for v in check_slo(run, objectives) if not v.passed]
-    if missed:
-        lines = [v.describe() for v in missed]
-        errors = run.summary.failures_by_category
+def _result(run: LoadRun | ScenarioResult) -> ScenarioResult:
+    return run.result if isinstance(run, LoadRun) else run
+
+
+def judge(
+    run: LoadRun | ScenarioResult, objectives: Mapping[str, str] | None = None
+) -> ScenarioResult:
+    """The run's result judged against `objectives` (None: the objectives it ran with)."""
+    result = _result(run)
+    return result if objectives is None else result.judged(parse_objectives(objectives))
+
+
+def check_slo(
+    run: LoadRun | ScenarioResult, objectives: Mapping[str, str] | None = None
+) -> list[Verdict]:
+    """The verdicts on `objectives` (None: on those given to `run_workload`)."""
+    return list(judge(run, objectives).verdicts)
+
+
+def assert_slo(run: LoadRun | ScenarioResult, objectives: Mapping[str, str] | None = None) -> None:
+    """Raises AssertionError naming every missed objective, with the same detail as a spec run;
+    a run that stopped early fails too, as a spec scenario does (None: the objectives given to
+    `run_workload`)."""
+    failure = failure_message(judge(run, objectives))
+    if failure:
+        raise AssertionError(failure)
+
+
+def failure_message(result: ScenarioResult) -> str:
+    """Why a judged result fails its objectives, or "" when it passes them all."""
+    lines = [v.describe() for v in result.verdicts if not v.passed]
+    if not result.completed:
+        lines.append(f"the run did not complete: {result.error or result.interrupted}")
+    if not lines:
+        return ""
+    if result.summary is not None:
+        errors = result.summary.failures_by_category
         if errors:
             lines.append("errors: " + ", ".join(f"{k} x{n}" for k, n in errors.items()))
-            lines += [f"  {k}: {run.summary.error_examples.get(k, '')}" for k in errors]
-        raise AssertionError("\n".join(lines))
+            lines += [f"  {k}: {result.summary.error_examples.get(k, '')}" for k in errors]
+    return "\n".join(lines)
 
 
 class ServerFactory:
-    """Starts servers by settings and reuses one already started with the same settings."""
+    """Starts servers by settings and reuses one already started with the same settings; each
+    is watched by telemetry from before its start, for `run_workload(..., servers=factory)`."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self._servers: dict[str, Server] = {}
+        self._servers: dict[str, MonitoredServer] = {}
 
     def __call__(self, backend: str = "vllm", model: str = "", **settings: Any) -> Endpoint:
         key = json.dumps(
             {"backend": backend, "model": model, **settings}, sort_keys=True, default=str
         )
-        server = self._servers.get(key)
-        if server is None or not server.is_alive():
+        monitored = self._servers.get(key)
+        if monitored is None or not monitored.server.is_alive():
+            if monitored is not None:  # died: its telemetry and log are finished with it
+                monitored.stop()
             name = settings.pop("name", f"{backend}-{len(self._servers)}")
             config = resolve_model(
                 ServerConfig(name=name, backend=backend, model=model, **settings)  # type: ignore[arg-type]
             )
-            server = make_server(config, log_dir=self.log_dir)
-            self._servers[key] = server
-            server.start()
-        endpoint = server.endpoint
+            monitored = MonitoredServer(config, self.log_dir)
+            self._servers[key] = monitored
+            monitored.start()
+        endpoint = monitored.endpoint
         assert endpoint is not None
         return endpoint
 
+    def monitored(self, endpoint: Endpoint) -> MonitoredServer | None:
+        """The server this factory started at `endpoint`'s address, or None."""
+        return next(
+            (
+                m
+                for m in self._servers.values()
+                if m.endpoint is not None and m.endpoint.base_url == endpoint.base_url
+            ),
+            None,
+        )
+
     def close(self) -> None:
         while self._servers:
-            _, server = self._servers.popitem()
-            server.stop()
-            # a server's log holds its arguments (an API key among them): keep the rest only
-            log_path = getattr(server, "log_path", None)
-            if log_path is not None:
-                scrub_file(log_path, server_secrets(server.config))
+            _, monitored = self._servers.popitem()
+            # stops its telemetry too, and scrubs the credentials from its log
+            monitored.stop()

@@ -7,6 +7,8 @@ clients (httpx, aiohttp) parse and dispatch per chunk through several layers and
 by tens of milliseconds under 64 concurrent streams on two cores (docs/load-engine.md has the
 measurements). Only what OpenAI-compatible servers need is supported: one request at a time per
 connection, keep-alive, chunked or Content-Length bodies or read-until-close, http and https.
+What it does not speak it refuses by name rather than misreading: a compressed answer (it asks
+for none), an HTTP/2-only server, an answer that is not HTTP at all (``UNSUPPORTED``).
 Connections go straight to the server (``netpolicy``: no proxy variables), and one response may
 hold at most a set number of bytes, so a server that never stops sending cannot exhaust memory.
 """
@@ -26,6 +28,7 @@ from pytest_llmslo.netpolicy import tls_context
 _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE, _TRAILER, _DONE = range(6)
 _MAX_HEAD = 64 * 1024
 TOO_LARGE = "response_too_large"  # the ErrorCategory of an answer over its byte limit
+UNSUPPORTED = "unsupported_protocol"  # the ErrorCategory of an answer this client cannot read
 
 
 class ClientError(Exception):
@@ -198,6 +201,10 @@ class Exchange:
         if self.first_byte_at is None:
             self.first_byte_at = t
         head = self._head + data
+        foreign = foreign_answer(head)
+        if foreign:
+            self.fail(ClientError(UNSUPPORTED, foreign))
+            return
         end = head.find(b"\r\n\r\n")
         if end < 0:
             if len(head) > _MAX_HEAD:
@@ -225,6 +232,11 @@ class Exchange:
             headers[name.strip().lower()] = value.strip()
         if headers.get("connection", "").lower() == "close":
             self.keep_alive = False
+        encoding = headers.get("content-encoding", "").lower()
+        if encoding not in ("", "identity") and 200 <= self.status < 300:
+            # an error answer keeps its status; its compressed body is just not shown
+            self.fail(ClientError(UNSUPPORTED, _compressed_message(encoding)))
+            return
         rest = head[end + 4 :]
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self._state = _CHUNKED
@@ -327,9 +339,66 @@ class Exchange:
         if self._state == _UNTIL_CLOSE:
             self._finish(monotonic())
             return
+        foreign = foreign_answer(self._head, complete=True) if self._state == _HEAD else None
+        if foreign:
+            self.fail(ClientError(UNSUPPORTED, foreign))
+            return
         received = sum(len(p) for p in self.pieces)  # framing included: a rough figure
         where = "before the response" if self._state == _HEAD else f"after {received} body bytes"
         self.fail(ClientError("stream_broken", f"server closed the connection {where}"))
+
+
+def _compressed_message(encoding: str) -> str:
+    return (
+        f"the server sent a compressed answer (Content-Encoding: {encoding}) although the request "
+        "asked for none (Accept-Encoding: identity); this client reads uncompressed answers only, "
+        "since a compressor holds back a stream's chunks and its delay would be timed as the "
+        "server's: turn compression off on the server or the proxy in front of it (or remove "
+        "Accept-Encoding from load.headers)"
+    )
+
+
+_HTTP1 = b"HTTP/1."
+_H2_FRAMES = {0x4: "SETTINGS", 0x7: "GOAWAY"}  # what an HTTP/2 server sends first (RFC 9113 3.4)
+_ONLY_HTTP11 = (
+    "this client speaks HTTP/1.1: let the server (or a proxy in front of it) serve HTTP/1.1 too"
+)
+
+
+def foreign_answer(head: bytes, complete: bool = False) -> str | None:
+    """Why ``head``, the first bytes of an answer, is not HTTP/1.x; None when it is or may be.
+
+    ``complete``: no more bytes will come, so a short answer is judged as it is.
+    """
+    if head.startswith(_HTTP1) or _HTTP1.startswith(head):
+        return None
+    known = recognised_protocol(head)
+    if known or (len(head) < 9 and not complete):
+        return known  # an HTTP/2 frame header is 9 bytes: wait for them
+    return (
+        f"the server's answer is not HTTP/1.x (it began {head[:16]!r}): the base_url points at "
+        f"something other than an HTTP server, or at one that speaks HTTP/2 only; {_ONLY_HTTP11}"
+    )
+
+
+def recognised_protocol(head: bytes) -> str | None:
+    """What ``head`` is when it is surely another protocol than HTTP/1.x: HTTP/2 or TLS.
+
+    An HTTP/2-only server (h2c with prior knowledge, such as nginx's ``listen ... http2``
+    without TLS) answers an HTTP/1.1 request with binary frames, a TLS server with a TLS alert:
+    each would otherwise look like a connection closed before the response.
+    """
+    if head.startswith((b"HTTP/2", b"HTTP/3")):
+        version = head[:8].decode("latin-1").split(" ")[0]
+        return f"the server answered {version}, not HTTP/1.x; {_ONLY_HTTP11}"
+    if len(head) >= 9 and head[3] in _H2_FRAMES and head[5:9] == bytes(4):
+        return (
+            f"the server speaks HTTP/2 only: it answered with an HTTP/2 {_H2_FRAMES[head[3]]} "
+            f"frame ({head[:9].hex(' ')}); {_ONLY_HTTP11}"
+        )
+    if head[:2] in (b"\x15\x03", b"\x16\x03"):
+        return "the server answered with TLS, not HTTP: it expects https; use an https:// base_url"
+    return None
 
 
 def _chunk_size(line: bytes) -> int:
@@ -374,6 +443,8 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.used = 0  # exchanges completed on it
+        # why bytes that came before any request are not HTTP/1.x (an HTTP/2 server's preface)
+        self.foreign: str | None = None
         self._exchange: Exchange | None = None
         self._buffer = memoryview(bytearray(_READ_BUFFER))
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -387,6 +458,9 @@ class Connection(asyncio.BufferedProtocol):
         if exchange is not None:
             exchange.feed(t, self._buffer[:nbytes].tobytes())
         else:
+            # only a sure sign counts here: a stray CRLF after an answer is not HTTP/2
+            if self.foreign is None:
+                self.foreign = recognised_protocol(self._buffer[:nbytes].tobytes())
             self.closed = True  # unsolicited bytes: the connection's state is unknown
             if self.transport is not None:
                 self.transport.close()
@@ -412,6 +486,11 @@ class Connection(asyncio.BufferedProtocol):
         assert self.transport is not None
         exchange = Exchange(done, monotonic(), limit)
         self._exchange = exchange
+        if self.foreign:
+            # the server spoke first, and not HTTP/1.x: an HTTP/2 server sends its preface
+            # as soon as it accepts, possibly before the request was written
+            exchange.fail(ClientError(UNSUPPORTED, self.foreign))
+            return exchange
         self.transport.write(payload)
         return exchange
 
@@ -437,7 +516,8 @@ class ConnectionPool:
         self._all: set[Connection] = set()
         self._closing: set[Connection] = set()  # discarded, until their sockets have closed
         self._ssl: ssl.SSLContext | None = tls_context() if origin.tls else None
-        self.opened = 0
+        if self._ssl is not None:
+            self._ssl.set_alpn_protocols(["http/1.1"])  # an HTTP/2-only server says so at once
 
     async def connect(self) -> Connection:
         loop = asyncio.get_running_loop()
@@ -460,11 +540,16 @@ class ConnectionPool:
                 f"{self.connect_timeout:g} s",
             ) from None
         except (OSError, ssl.SSLError) as exc:
+            if "no application protocol" in str(exc).lower().replace("_", " "):
+                raise ClientError(
+                    UNSUPPORTED,
+                    f"the server at {origin.host}:{origin.port} speaks HTTP/2 only: it refused "
+                    f"the TLS handshake offering HTTP/1.1 (ALPN): {exc}; {_ONLY_HTTP11}",
+                ) from None
             raise ClientError(
                 "connect", f"cannot connect to {origin.host}:{origin.port}: {exc}"
             ) from None
         self._all.add(conn)
-        self.opened += 1
         return conn
 
     async def prewarm(self, count: int) -> None:
@@ -488,6 +573,8 @@ class ConnectionPool:
             if not conn.closed:
                 return conn, True
             self._all.discard(conn)
+            if conn.foreign:  # an HTTP/2 server's preface reached the idle connection
+                raise ClientError(UNSUPPORTED, conn.foreign)
         return await self.connect(), False
 
     def release(self, conn: Connection, reusable: bool) -> None:
@@ -519,7 +606,11 @@ class ConnectionPool:
 def build_request(
     origin: Origin, method: str, path: str, body: bytes, headers: Mapping[str, str]
 ) -> bytes:
-    """The bytes of one HTTP/1.1 request with a JSON body."""
+    """The bytes of one HTTP/1.1 request with a JSON body.
+
+    It asks for an uncompressed answer (``Accept-Encoding: identity``) unless ``headers`` name
+    an encoding; the reader refuses a compressed one with a message that says so.
+    """
     lines = [
         f"{method} {origin.path_prefix}{path} HTTP/1.1",
         f"Host: {origin.host_header}",
@@ -527,5 +618,7 @@ def build_request(
         f"Content-Length: {len(body)}",
         "User-Agent: pytest-llmslo",
     ]
+    if not any(name.lower() == "accept-encoding" for name in headers):
+        lines.append("Accept-Encoding: identity")
     lines.extend(f"{name}: {value}" for name, value in headers.items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -4,7 +4,9 @@ Closed loop (``parallel`` users, each sending its next prompt when the previous 
 loop (``rate`` requests per second on a seeded arrival schedule, optionally capped at ``parallel``
 in flight). Warmup requests run first, at the same concurrency, and the measured phase starts when
 they have all ended, so the measured window holds measured requests only. A request never raises:
-its outcome, good or bad, is a RequestRecord. docs/load-engine.md explains the timing design.
+its outcome, good or bad, is a RequestRecord. This module runs the load (users, schedule, window,
+stopping); ``http_client`` carries the bytes and ``decode`` reads the answers. docs/load-engine.md
+explains the timing design.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ import gc
 import itertools
 import json
 import math
-import re
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, replace
-from itertools import accumulate, chain, repeat
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from time import monotonic
-from typing import Any, cast
+from typing import Any
 
 from pytest_llmslo import interrupts
 from pytest_llmslo.arrivals import arrival_offsets
 from pytest_llmslo.config import LoadConfig
+from pytest_llmslo.decode import DecodePath, decode_answer, decode_stream, finish
 from pytest_llmslo.http_client import (
     ClientError,
     ConnectionPool,
@@ -35,14 +36,11 @@ from pytest_llmslo.http_client import (
     parse_base_url,
 )
 from pytest_llmslo.records import Endpoint, ErrorCategory, Prompt, RequestRecord
-from pytest_llmslo.sse import iter_events
 
 CountTokens = Callable[[str], int]
 ShouldStop = Callable[[], "str | None"]
 
 _STOP_POLL_S = 0.05
-_EVENTS_PER_SLICE = 64  # parsing yields to the loop this often so other streams keep their stamps
-_ERROR_BODY_CHARS = 300
 _PREWARM_CAP = 256  # open loop without a cap: connections opened ahead of the first send
 
 
@@ -55,6 +53,9 @@ class LoadResult:
     window_end: float  # last measured end
     config: LoadConfig
     interrupted: str | None = None  # why the run stopped early; the records are kept
+    # how many answers each decoder read (decode.DecodePath): a vLLM-shaped stream that is not
+    # read by "bulk" costs about half of the client's capacity, and only this count shows it
+    decoded_by: dict[DecodePath, int] = field(default_factory=dict)
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -246,6 +247,7 @@ class _Run:
         self._payloads: dict[int, bytes] = {}
         self._completed: deque[tuple[dict[str, Any], Exchange, Prompt]] = deque()
         self._wake_parser = asyncio.Event()
+        self._decoded_by: Counter[DecodePath] = Counter()
         self._closing = False
         self._index = itertools.count()
         self._timeouts_in_row = 0
@@ -298,19 +300,27 @@ class _Run:
             window_end = max(r.end_at for r in measured)
         else:
             window_start = window_end = measured_start
-        return LoadResult(records, window_start, window_end, self.config, self.interrupted)
+        return LoadResult(
+            records,
+            window_start,
+            window_end,
+            self.config,
+            self.interrupted,
+            dict(sorted(self._decoded_by.items())),
+        )
 
     async def _parse_completed(self) -> None:
-        chat_config = self.config
+        config = self.config
         while True:
             if self._completed:
                 base, exchange, prompt = self._completed.popleft()
-                parser = _record(base, exchange, chat_config, prompt)
+                decoding = decode_answer(base, exchange, config, prompt)
                 while True:
                     try:
-                        next(parser)
+                        next(decoding)
                     except StopIteration as done:
-                        self._keep(done.value)
+                        self._decoded_by[done.value.path] += 1
+                        self._keep(done.value.record)
                         break
                     if not self._closing:
                         await asyncio.sleep(0)
@@ -447,7 +457,6 @@ class _Run:
             "prompt_index": prompt_index,
             "warmup": warmup,
             "scheduled_at": scheduled_at,
-            "server": "",
         }
         prompt = self.prompts[prompt_index]
         chat = self.config.api == "chat"
@@ -630,344 +639,7 @@ class _Watchdog:
         self._handle.cancel()
 
 
-# -- turning a received answer into a record ----------------------------------------------
-
-
-def _record(
-    base: dict[str, Any], exchange: Exchange, config: LoadConfig, prompt: Prompt
-) -> Generator[None, None, RequestRecord]:
-    """Build the record of a finished exchange; yields now and then while parsing a long stream."""
-    try:
-        return (yield from _read(base, exchange, config, prompt))
-    except Exception as exc:  # an answer too odd to read is a failed request, not a crash
-        return _unreadable(base, exchange, exc)
-
-
-def _read(
-    base: dict[str, Any], exchange: Exchange, config: LoadConfig, prompt: Prompt
-) -> Generator[None, None, RequestRecord]:
-    error = exchange.error
-    end_at = exchange.end_at if exchange.end_at is not None else monotonic()
-    fields: dict[str, Any] = {
-        **base,
-        "sent_at": exchange.sent_at,
-        "end_at": end_at,
-        "http_status": exchange.status or None,
-    }
-    status = exchange.status
-    if error is None and not 200 <= status < 300:
-        text = exchange.body[:2000].decode("utf-8", "replace")
-        category = ErrorCategory.HTTP_5XX if status >= 500 else ErrorCategory.HTTP_4XX
-        return RequestRecord(
-            **fields,
-            error=category,
-            error_message=f"HTTP {status}: {text[:_ERROR_BODY_CHARS]}",
-        )
-    chat = config.api == "chat"
-    if config.stream and "json" not in exchange.headers.get("content-type", ""):
-        parsed = yield from _parse_stream(exchange, chat)
-    else:
-        parsed = _parse_json(exchange, chat)
-    fields.update(parsed.fields)
-    extra: dict[str, Any] = {}
-    if parsed.response_id:
-        extra["response_id"] = parsed.response_id
-    if parsed.reasoning:
-        extra["reasoning_text"] = parsed.reasoning
-    if error is not None:
-        return RequestRecord(
-            **fields, extra=extra, error=ErrorCategory(error.kind), error_message=str(error)
-        )
-    if parsed.error:
-        return RequestRecord(
-            **fields, extra=extra, error=ErrorCategory.STREAM_BROKEN, error_message=parsed.error
-        )
-    if not parsed.text and not parsed.reasoning:
-        return RequestRecord(
-            **fields,
-            extra=extra,
-            error=ErrorCategory.EMPTY_OUTPUT,
-            error_message=(
-                f"HTTP {status} answer carried no generated text "
-                f"(finish_reason={fields.get('finish_reason')!r})"
-            ),
-        )
-    if fields.get("input_tokens") is None and prompt.input_tokens is not None:
-        fields["input_tokens"] = prompt.input_tokens
-    if fields.get("reasoning_tokens") is None and not parsed.reasoning:
-        fields["reasoning_tokens"] = 0
-    return RequestRecord(**fields, extra=extra)
-
-
-@dataclass
-class _Parsed:
-    fields: dict[str, Any]
-    text: str = ""
-    reasoning: str = ""
-    response_id: str = ""
-    error: str = ""
-
-
-# Fast paths for what makes up almost all of a stream.
-#
-# A chunk whose delta is nothing but content, with a null finish reason, gives its text to a
-# regex instead of the JSON decoder. Quotes inside JSON strings are escaped, so the pattern
-# only matches the object's own structure; the brace right after the text rules out reasoning
-# and tool calls in the same delta, and no bracket may come between it and the null finish
-# reason, so both belong to the same choice. Usage and errors come in chunks of their own.
-_STRING = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
-_PLAIN_CHAT = re.compile(rb'"delta":\{"content":' + _STRING + rb'\}[^{}\[\]]*"finish_reason":null')
-_PLAIN_TEXT = re.compile(
-    rb'"choices":\[\{"index":0,"text":' + _STRING + rb'[^{}\[\]]*"finish_reason":null'
-)
-# A chunked body whose every frame holds one whole single-line `data:` event (what vLLM and
-# most servers send) is split on the frame ends at once, with no per-frame decoding.
-_FRAME_END = b"\n\n\r\n"  # an event's blank line, then the frame's CRLF
-_DATA_LINE = b"\r\ndata: "
-
-
-class _StreamState:
-    """What a stream's events add up to, fed in order."""
-
-    __slots__ = (
-        "chat",
-        "content_times",
-        "error",
-        "finish_reason",
-        "first_chunk_at",
-        "reasoning_only",
-        "reasonings",
-        "response_id",
-        "texts",
-        "usage",
-    )
-
-    def __init__(self, chat: bool) -> None:
-        self.chat = chat
-        self.first_chunk_at: float | None = None
-        self.content_times: list[float] = []
-        self.texts: list[bytes | str] = []  # bytes: a JSON string body from the fast path
-        self.reasonings: list[str] = []
-        # positions in content_times of events with reasoning and no answer text; the fast
-        # paths carry answer text only, so they never add to it
-        self.reasoning_only: list[int] = []
-        self.finish_reason: str | None = None
-        self.usage: Any = None
-        self.response_id = ""
-        self.error = ""
-
-    def event(self, at: float, data: bytes) -> bool:
-        """Take one event through the JSON decoder; False when the stream is broken."""
-        if data == b"[DONE]":
-            return True
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            self.error = f"malformed SSE data: {data[:200]!r}"
-            return False
-        if not isinstance(chunk, dict):
-            self.error = f"unexpected SSE data: {data[:200]!r}"
-            return False
-        if chunk.get("error"):
-            error = json.dumps(chunk["error"])[:_ERROR_BODY_CHARS]
-            self.error = f"server error event: {error}"
-            return False
-        if not self.response_id and chunk.get("id"):
-            self.response_id = str(chunk["id"])
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        choices = chunk.get("choices") or ()
-        if not choices:
-            return True
-        choice = choices[0]
-        if self.chat:
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or ""
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-        else:
-            text = choice.get("text") or ""
-            reasoning = ""
-        if text or reasoning:
-            if not text:
-                self.reasoning_only.append(len(self.content_times))
-            self.content_times.append(at)
-            if text:
-                self.texts.append(text)
-            if reasoning:
-                self.reasonings.append(reasoning)
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-        return True
-
-    def parsed(self) -> _Parsed:
-        texts = self.texts
-        if all(isinstance(t, bytes) for t in texts):
-            joined = b"".join(cast(list[bytes], texts))
-            output = joined.decode("utf-8") if b"\\" not in joined else _strings(texts)
-        else:
-            output = _strings(texts)
-        times = self.content_times
-        first_answer = 0
-        for position in self.reasoning_only:
-            if position != first_answer:
-                break
-            first_answer += 1
-        fields: dict[str, Any] = {
-            "first_chunk_at": self.first_chunk_at,
-            "first_content_at": times[0] if times else None,
-            "first_answer_at": times[first_answer] if first_answer < len(times) else None,
-            "content_times": tuple(times),
-            "finish_reason": self.finish_reason,
-            "output_text": output,
-        }
-        _usage_fields(fields, self.usage)
-        reasoning = "".join(self.reasonings)
-        return _Parsed(fields, output, reasoning, self.response_id, self.error)
-
-
-def _strings(texts: list[bytes | str]) -> str:
-    return "".join(
-        t if isinstance(t, str) else json.loads(b'"' + t + b'"') if b"\\" in t else t.decode()
-        for t in texts
-    )
-
-
-def _parse_stream(exchange: Exchange, chat: bool) -> Generator[None, None, _Parsed]:
-    state = _StreamState(chat)
-    if exchange.chunked and (yield from _bulk_stream(exchange, state)):
-        return state.parsed()
-    state = _StreamState(chat)
-    plain = (_PLAIN_CHAT if chat else _PLAIN_TEXT).search
-    body, ends = exchange.decoded()
-    times = exchange.times
-    last_piece = len(ends) - 1
-    piece = 0
-    for count, (end, data, _name) in enumerate(iter_events(body), 1):
-        if count % _EVENTS_PER_SLICE == 0:
-            yield
-        # events come in body order, so the read that completed each one only moves forward
-        while piece < last_piece and ends[piece] < end:
-            piece += 1
-        at = times[piece]
-        if state.first_chunk_at is None:
-            state.first_chunk_at = at
-        else:
-            match = plain(data)
-            if match is not None:
-                text = match.group(1)
-                if text:
-                    state.content_times.append(at)
-                    state.texts.append(text)
-                continue
-        if not state.event(at, data):
-            break
-    return state.parsed()
-
-
-def _bulk_stream(exchange: Exchange, state: _StreamState) -> Generator[None, None, bool]:
-    """Read a stream of one single-line event per frame with bulk operations; False if not one.
-
-    The reader followed the framing as it arrived and counted the frames. If splitting on
-    frame ends gives as many segments, and every segment holds exactly the one line break of
-    its size line followed by ``data: ``, then each segment is one frame holding one event.
-    """
-    pieces = exchange.pieces
-    raw = b"".join(pieces)
-    segments = raw.split(_FRAME_END)
-    tail = segments.pop()
-    count = len(segments)
-    if not count or count != exchange.frames or (tail and not tail.startswith(b"0\r\n")):
-        return False
-    if (
-        raw.count(b"\n") != 4 * count + tail.count(b"\n")
-        or raw.count(b"\r") != 2 * count + tail.count(b"\r")
-        or raw.count(_DATA_LINE) != count
-    ):
-        return False
-    # an event arrived with the read that held the last byte of its frame end
-    completed = []
-    previous = 0
-    for end in accumulate(map(len, pieces)):
-        completed.append(raw.count(_FRAME_END, max(previous - 3, 0), end))
-        previous = end
-    event_times = list(chain.from_iterable(map(repeat, exchange.times, completed)))
-    if len(event_times) != count:
-        return False
-    state.first_chunk_at = event_times[0]
-    plain = (_PLAIN_CHAT if state.chat else _PLAIN_TEXT).search
-    content_times = state.content_times
-    texts = state.texts
-    events = zip(event_times, segments, map(plain, segments), strict=True)
-    for index, (at, segment, match) in enumerate(events, 1):
-        if index % _EVENTS_PER_SLICE == 0:
-            yield
-        if match is not None:
-            text = match.group(1)
-            if text:
-                content_times.append(at)
-                texts.append(text)
-        elif not state.event(at, segment[segment.index(_DATA_LINE) + len(_DATA_LINE) :]):
-            break
-    return True
-
-
-def _parse_json(exchange: Exchange, chat: bool) -> _Parsed:
-    at = exchange.end_at
-    fields: dict[str, Any] = {"first_chunk_at": at}
-    try:
-        answer = json.loads(exchange.body)
-    except ValueError:
-        if exchange.error is not None:
-            return _Parsed(fields)
-        return _Parsed(fields, error=f"malformed JSON answer: {exchange.body[:200]!r}")
-    if not isinstance(answer, dict):
-        return _Parsed(fields, error=f"unexpected JSON answer: {exchange.body[:200]!r}")
-    choices = answer.get("choices") or ()
-    text = reasoning = ""
-    if choices:
-        choice = choices[0]
-        if chat:
-            message = choice.get("message") or {}
-            text = message.get("content") or ""
-            reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-        else:
-            text = choice.get("text") or ""
-        fields["finish_reason"] = choice.get("finish_reason")
-    if text or reasoning:
-        fields["first_content_at"] = at
-        fields["content_times"] = (at,)
-    if text:
-        fields["first_answer_at"] = at
-    fields["output_text"] = text
-    _usage_fields(fields, answer.get("usage"))
-    return _Parsed(fields, text, reasoning, str(answer.get("id") or ""))
-
-
-def _usage_fields(fields: dict[str, Any], usage: Any) -> None:
-    if not isinstance(usage, dict):
-        return
-    completion = usage.get("completion_tokens")
-    prompt = usage.get("prompt_tokens")
-    if isinstance(completion, int):
-        fields["output_tokens"] = completion
-        fields["token_source"] = "usage"
-    if isinstance(prompt, int):
-        fields["input_tokens"] = prompt
-    # OpenAI's and vLLM's split of completion_tokens; transformers serve sends none
-    details = usage.get("completion_tokens_details")
-    if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
-        fields["reasoning_tokens"] = details["reasoning_tokens"]
-
-
-def _unreadable(base: dict[str, Any], exchange: Exchange, exc: Exception) -> RequestRecord:
-    return RequestRecord(
-        **base,
-        sent_at=exchange.sent_at,
-        end_at=exchange.end_at if exchange.end_at is not None else monotonic(),
-        http_status=exchange.status or None,
-        error=ErrorCategory.STREAM_BROKEN,
-        error_message=f"unreadable answer ({type(exc).__name__}: {exc})",
-    )
+# -- a request cancelled by a stop ------------------------------------------------------
 
 
 def _cancelled(
@@ -985,13 +657,8 @@ def _cancelled(
         )
     fields: dict[str, Any] = {}
     if exchange.pieces and "json" not in exchange.headers.get("content-type", ""):
-        parser = _parse_stream(exchange, chat)
-        while True:
-            try:
-                next(parser)
-            except StopIteration as done:
-                fields = done.value.fields
-                break
+        # what had arrived is kept: the run is stopping, so the loop need not be given turns
+        fields = finish(decode_stream(exchange, chat)).fields
     return RequestRecord(
         **base,
         **fields,

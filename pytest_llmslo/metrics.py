@@ -1,7 +1,9 @@
-"""Request records -> Summary: every latency and throughput metric, each defined once, here.
+"""Request records -> Summary: the measurement of every metric whose producer is the load.
 
-Pure numpy. Warmup records are excluded from everything. An empty sample gives NaN with a reason,
-never 0: a gate must not pass on "no data".
+The metrics themselves (names, units, definitions) are declared in `catalogue.py`; each
+distribution there has its per-request function here, in `PER_REQUEST`, each scalar its entry in
+`PER_RUN`. Pure numpy. Warmup records are excluded from everything. An empty sample gives NaN
+with a reason, never 0: a gate must not pass on "no data".
 """
 
 from __future__ import annotations
@@ -15,25 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pytest_llmslo.catalogue import MetricKind, Producer, names
 from pytest_llmslo.records import RequestRecord
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 NAN = float("nan")
 
 # names of the per-request distributions a Summary carries, in report order
-DISTRIBUTIONS = (
-    "ttft",
-    "ttfat",
-    "ttfc",
-    "tpot",
-    "itl",
-    "e2e",
-    "input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "answer_tokens",
-    "dispatch_lag",
-)
+DISTRIBUTIONS = names(kind=MetricKind.DISTRIBUTION, producer=Producer.LOAD)
 _STAT = re.compile(r"^(mean|std|min|max|median|p(\d+(?:\.\d+)?))$")
 
 
@@ -84,7 +75,8 @@ class Distribution:
 
 @dataclass(frozen=True)
 class RequestObjective:
-    """A per-request bound used for goodput: `metric` in ttft, ttfat, tpot, e2e, itl (max gap)."""
+    """A per-request bound used for goodput: `metric` is a distribution with a per-request form
+    in the catalogue (for itl, the request's largest gap)."""
 
     metric: str
     op: str  # <=, <, >=, >
@@ -116,19 +108,9 @@ class Summary:
 
     def value(self, metric: str) -> tuple[float, int | None, str]:
         """(value, sample size, reason-if-NaN) of a metric name like `ttft_p95` or `goodput`."""
-        scalars = {
-            "output_throughput": self.succeeded,
-            "total_token_throughput": self.succeeded,
-            "request_throughput": self.succeeded,
-            "failure_rate": self.requests,
-            "goodput": self.requests,
-            "goodput_ratio": self.requests,
-        }
-        if metric in scalars:
-            v = float(getattr(self, metric))
-            n = scalars[metric]
-        elif metric == "failures":
-            v, n = float(self.failed), self.requests
+        scalar = PER_RUN.get(metric)
+        if scalar is not None:
+            v, n = scalar(self)
         else:
             base, _, stat = metric.rpartition("_")
             if base not in self.distributions:
@@ -140,6 +122,19 @@ class Summary:
         if math.isnan(v):
             return v, n, self.reasons.get(metric, self.reasons.get("requests", "no data"))
         return v, n, ""
+
+
+# One entry per scalar of the catalogue whose producer is the load (a test holds the two in step):
+# its value and the sample size behind it.
+PER_RUN: dict[str, Callable[[Summary], tuple[float, int]]] = {
+    "output_throughput": lambda s: (s.output_throughput, s.succeeded),
+    "total_token_throughput": lambda s: (s.total_token_throughput, s.succeeded),
+    "request_throughput": lambda s: (s.request_throughput, s.succeeded),
+    "failure_rate": lambda s: (s.failure_rate, s.requests),
+    "failures": lambda s: (float(s.failed), s.requests),
+    "goodput": lambda s: (s.goodput, s.requests),
+    "goodput_ratio": lambda s: (s.goodput_ratio, s.requests),
+}
 
 
 # --- per-request definitions -------------------------------------------------------------------
@@ -187,6 +182,64 @@ def itl(r: RequestRecord) -> list[float]:
     return [b - a for a, b in itertools.pairwise(t)]
 
 
+def input_tokens(r: RequestRecord) -> float | None:
+    """Prompt tokens of the request (the server's usage, else the tokenizer's count)."""
+    return r.input_tokens
+
+
+def output_tokens(r: RequestRecord) -> float | None:
+    """Generated tokens of the request (the server's usage, else the tokenizer's count)."""
+    return r.output_tokens
+
+
+def reasoning_tokens(r: RequestRecord) -> float | None:
+    """Of the generated tokens, those spent reasoning (0 when none was streamed)."""
+    return r.reasoning_tokens
+
+
+def answer_tokens(r: RequestRecord) -> float | None:
+    """Generated tokens that are not reasoning: output_tokens - reasoning_tokens."""
+    return r.answer_tokens
+
+
+def dispatch_lag(r: RequestRecord) -> float | None:
+    """Open loop: actual send time minus the scheduled send time (None: closed loop)."""
+    return r.dispatch_lag
+
+
+# One function per distribution of the catalogue whose producer is the load (a test holds the two
+# in step). A function gives a value, none (not measurable for this request) or, for itl, a list.
+PER_REQUEST: dict[str, Callable[[RequestRecord], float | list[float] | None]] = {
+    "ttft": ttft,
+    "ttfat": ttfat,
+    "ttfc": ttfc,
+    "tpot": tpot,
+    "itl": itl,
+    "e2e": e2e,
+    "dispatch_lag": dispatch_lag,
+    "input_tokens": input_tokens,
+    "output_tokens": output_tokens,
+    "reasoning_tokens": reasoning_tokens,
+    "answer_tokens": answer_tokens,
+}
+# sampled over every measured request, failed ones too: the client keeps its schedule or not
+# whatever the server answers; every other distribution describes successful requests
+_OVER_EVERY_REQUEST = frozenset({"dispatch_lag"})
+
+
+def _sample(
+    f: Callable[[RequestRecord], float | list[float] | None], records: Sequence[RequestRecord]
+) -> np.ndarray:
+    values: list[float] = []
+    for r in records:
+        v = f(r)
+        if isinstance(v, list):
+            values += v
+        elif v is not None:
+            values.append(v)
+    return np.array(values, dtype=float)
+
+
 def _meets(r: RequestRecord, objectives: Sequence[RequestObjective]) -> bool:
     ops: dict[str, Callable[[float, float], bool]] = {
         "<=": lambda a, b: a <= b,
@@ -195,11 +248,9 @@ def _meets(r: RequestRecord, objectives: Sequence[RequestObjective]) -> bool:
         ">": lambda a, b: a > b,
     }
     for o in objectives:
-        if o.metric == "itl":
-            gaps = itl(r)
-            value: float | None = max(gaps) if gaps else None
-        else:
-            value = {"ttft": ttft, "ttfat": ttfat, "tpot": tpot, "e2e": e2e}[o.metric](r)
+        got = PER_REQUEST[o.metric](r)
+        # a per-chunk distribution (itl) bounds each request by its largest value
+        value = (max(got) if got else None) if isinstance(got, list) else got
         # a request whose value cannot be measured did not demonstrably meet the objective
         if value is None or not ops[o.op](value, o.threshold):
             return False
@@ -230,23 +281,9 @@ def summarize(
         window = (min(r.sent_at for r in measured), max(r.end_at for r in measured))
     duration = (window[1] - window[0]) if window else NAN
 
-    def vals(f: Callable[[RequestRecord], float | None]) -> np.ndarray:
-        return np.array([v for r in ok if (v := f(r)) is not None], dtype=float)
-
     samples = {
-        "ttft": vals(ttft),
-        "ttfat": vals(ttfat),
-        "ttfc": vals(ttfc),
-        "tpot": vals(tpot),
-        "itl": np.array([g for r in ok for g in itl(r)], dtype=float),
-        "e2e": vals(e2e),
-        "input_tokens": vals(lambda r: r.input_tokens),
-        "output_tokens": vals(lambda r: r.output_tokens),
-        "reasoning_tokens": vals(lambda r: r.reasoning_tokens),
-        "answer_tokens": vals(lambda r: r.answer_tokens),
-        "dispatch_lag": np.array(
-            [lag for r in measured if (lag := r.dispatch_lag) is not None], dtype=float
-        ),
+        name: _sample(PER_REQUEST[name], measured if name in _OVER_EVERY_REQUEST else ok)
+        for name in DISTRIBUTIONS
     }
     if ok and samples["tpot"].size == 0:
         reasons["tpot"] = "no successful request produced 2 or more output tokens"

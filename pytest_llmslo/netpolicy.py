@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import httpx
 
-PROXY_POLICY = "direct connections; proxy environment variables are not used"
 PROBE_MAX_BYTES = 16 * 2**20  # vLLM's /metrics is ~70 KB; thousands of series stay far below
 PROBE_TIMEOUT = httpx.Timeout(2.0, connect=0.5)
 PROBE_DEADLINE_S = 5.0  # a whole probe, however slowly its bytes trickle in

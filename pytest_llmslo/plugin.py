@@ -5,22 +5,36 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_llmslo import __version__, interrupts
-from pytest_llmslo.collect import SLOItem, SpecFile
-from pytest_llmslo.handtests import LoadRun, ServerFactory, assert_slo, run_workload
+from pytest_llmslo.collect import (
+    OPEN_SESSION_KEY,
+    XDIST_REFUSAL,
+    SLOItem,
+    SpecFile,
+    junit_properties,
+    opened_session,
+    slo_session,
+)
 from pytest_llmslo.redact import redact_url
-from pytest_llmslo.report_writer import RunFolder, write_reports
-from pytest_llmslo.session import SloSession
-from pytest_llmslo.spec import http_url_problem
 
-SESSION_KEY = pytest.StashKey[SloSession]()
-SETTINGS_KEY = pytest.StashKey["Settings"]()
+# Only what every pytest run needs is imported here: the engine (numpy, httpx, yaml) is imported
+# when a spec is collected or an llmslo_* fixture is used, so having the plugin installed costs a
+# plain test run nothing.
+if TYPE_CHECKING:
+    from pytest_llmslo.handtests import LoadRun, ServerFactory
+    from pytest_llmslo.report_writer import RunFolder, Written
+    from pytest_llmslo.session import SloSession
+
+SETTINGS_KEY: pytest.StashKey[Settings] = pytest.StashKey()
 _LAST_USE_KEY = pytest.StashKey[dict[tuple[str, str], int]]()
 _RESTORE_SIGNALS_KEY = pytest.StashKey[Callable[[], None]]()
+_WRITTEN_KEY: pytest.StashKey[Written] = pytest.StashKey()
+_HELD_SIGNAL_KEY = pytest.StashKey[str]()
+_RUN_KEY: pytest.StashKey[RunFolder] = pytest.StashKey()
 
 # flag, ini name, env var, help: every flag has an ini twin and an env var, resolved CLI > env > ini
 _OPTIONS = [
@@ -63,6 +77,8 @@ class Settings:
         self.report = Path(self._one(config, 1) or "llmslo-results/report.md")
         self.server_url = self._one(config, 2)
         if self.server_url is not None:
+            from pytest_llmslo.spec import http_url_problem
+
             problem = http_url_problem(self.server_url)
             if problem is not None:
                 raise pytest.UsageError(
@@ -148,19 +164,27 @@ def pytest_configure(config: pytest.Config) -> None:
             str(p) for p in settings.specs if not _selected_within(p, config.args, invoked)
         )
     _check_xdist(config)
-    config.stash[SESSION_KEY] = SloSession(
+    config.stash[OPEN_SESSION_KEY] = lambda: _open_session(config, settings)
+    # SIGINT, SIGTERM (CI cancelling a job), SIGHUP: stop, keep what was measured, write the
+    # reports; a second signal kills the servers at once (interrupts.py)
+    interrupts.reset()
+    config.stash[_RESTORE_SIGNALS_KEY] = interrupts.install()
+
+
+def _open_session(config: pytest.Config, settings: Settings) -> SloSession:
+    """The session that runs specs and keeps hand-written runs, opened on first use."""
+    from pytest_llmslo.report_writer import RunFolder
+    from pytest_llmslo.session import SloSession
+
+    # named now, before this session writes anything: what the latest report files were tells,
+    # at the end, whether another session wrote into the same folder meanwhile
+    config.stash[_RUN_KEY] = RunFolder.start(settings.report)
+    return SloSession(
         settings.report.parent,
         server_url=settings.server_url,
         api_key_env=settings.api_key_env,
         request_limit=settings.max_requests,
     )
-    # named now: what the latest report files were at the start tells, at the end, whether
-    # another session wrote into the same folder meanwhile
-    config.stash[_RUN_KEY] = RunFolder.start(settings.report)
-    # SIGINT, SIGTERM (CI cancelling a job), SIGHUP: stop, keep what was measured, write the
-    # reports; a second signal kills the servers at once (interrupts.py)
-    interrupts.reset()
-    config.stash[_RESTORE_SIGNALS_KEY] = interrupts.install()
 
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -205,21 +229,13 @@ def _selected_within(spec: Path, args: list[str], invoked: Path) -> bool:
     return False
 
 
-XDIST_REFUSAL = (
-    "pytest-llmslo: SLO specs cannot run under pytest-xdist: every worker would start its own "
-    "copy of each server, and concurrent load from other workers would distort the measurements. "
-    "Run the specs in a separate pytest invocation without -n (e.g. 'pytest --slo SPEC -p "
-    "no:xdist'), and your other tests with -n."
-)
-
-
 def _check_xdist(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None) and config.stash[SETTINGS_KEY].specs:
         raise pytest.UsageError(XDIST_REFUSAL)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(SESSION_KEY, None)
+    session = opened_session(config)
     if session is not None:
         with interrupts.shielded(deliver=False):  # pytest is ending anyway: no traceback now
             session.close()
@@ -276,7 +292,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     last = item.config.stash.get(_LAST_USE_KEY, {})
     index = item.session.items.index(item) if item.session.items else -1
     if last.get(item.server_key, index) <= index:
-        item.config.stash[SESSION_KEY].stop_server(*item.server_key)
+        slo_session(item.config).stop_server(*item.server_key)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -296,14 +312,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    slo = session.config.stash.get(SESSION_KEY, None)
-    if slo is None:
+    slo = opened_session(session.config)
+    if slo is None:  # no spec ran and no llmslo_* fixture was used: nothing to report
         return
     # reports first, so a slow stop cannot lose them; shielded, so a signal now (a second
     # Ctrl-C, CI's SIGTERM) cuts neither short: it is held, and a second one kills at once
     with interrupts.shielded(deliver=False):
         try:
             if slo.results:
+                from pytest_llmslo.report_writer import write_reports
+
                 settings: Settings = session.config.stash[SETTINGS_KEY]
                 written = write_reports(
                     list(slo.results.values()),
@@ -319,11 +337,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if held is not None:
         session.config.stash[_HELD_SIGNAL_KEY] = held
         session.exitstatus = pytest.ExitCode.INTERRUPTED
-
-
-_WRITTEN_KEY = pytest.StashKey[Any]()
-_HELD_SIGNAL_KEY = pytest.StashKey[str]()
-_RUN_KEY = pytest.StashKey[RunFolder]()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -350,7 +363,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 @pytest.fixture(scope="session")
 def llmslo_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
     """Starts servers on demand (`factory(backend=..., model=..., args=...)` -> Endpoint);
-    a server with the same settings is reused; all are stopped at session end."""
+    a server with the same settings is reused; all are stopped at session end. Telemetry
+    watches each from before its start, so `llmslo_run` measures its memory objectives."""
+    from pytest_llmslo.handtests import ServerFactory
+
     factory = ServerFactory(tmp_path_factory.mktemp("llmslo-servers"))
     try:
         yield factory
@@ -359,32 +375,65 @@ def llmslo_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             factory.close()
 
 
+# the (source, scenario, server) keys of the runs a hand-written test made, in order
+_TEST_RUNS_KEY = pytest.StashKey[list[tuple[str, str, str]]]()
+
+
 @pytest.fixture
-def llmslo_run() -> Callable[..., LoadRun]:
-    """`llmslo_run(endpoint, prompts_or_dataset, load)` -> LoadRun(records, summary)."""
+def llmslo_run(
+    request: pytest.FixtureRequest, llmslo_server_factory: ServerFactory
+) -> Iterator[Callable[..., LoadRun]]:
+    """`llmslo_run(endpoint, prompts_or_dataset, load, **options)` -> LoadRun (`run_workload`'s
+    options). The run is judged against the test's `slo` marker and appears in report.md,
+    results.json and the test's JUnit properties, as a spec scenario does."""
+    from pytest_llmslo.handtests import LoadRun, workload_result
+
+    marker = request.node.get_closest_marker("slo")
+    session = slo_session(request.config)
+    keys = request.node.stash.setdefault(_TEST_RUNS_KEY, [])
 
     def run(*args: Any, **kwargs: Any) -> LoadRun:
-        # a signal stops the load (its records kept), then ends the session like a Ctrl-C
-        # anywhere else, instead of letting the test go on with half a run
+        kwargs.setdefault("objectives", dict(marker.kwargs) if marker else None)
+        kwargs.setdefault("servers", llmslo_server_factory)
+        name = request.node.name if not keys else f"{request.node.name}-{len(keys) + 1}"
+        kwargs.setdefault("name", name)
+        # a signal stops the load (its records kept, the run reported), then ends the session
+        # like a Ctrl-C anywhere else, instead of letting the test go on with half a run
         with interrupts.shielded():
-            return run_workload(*args, **kwargs)
+            result = workload_result(*args, source=request.node.nodeid, **kwargs)
+            session.add_result(result)
+            keys.append(result.key)
+        return LoadRun.of(result)
 
-    return run
+    yield run
+    # JUnit takes the properties a test has at its teardown: the runs as last judged
+    for key in keys:
+        final = session.results.get(key)
+        if final is not None:
+            metrics = [v.objective.metric for v in final.verdicts]
+            request.node.user_properties.extend(junit_properties(final, metrics))
 
 
 @pytest.fixture
 def llmslo_assert(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """`llmslo_assert(run, objectives=None)`: objectives default to the test's `slo` marker."""
+    """`llmslo_assert(run, objectives=None)`: objectives default to the test's `slo` marker,
+    else to those the run was given."""
+    from pytest_llmslo.handtests import assert_slo, judge
+
     marker = request.node.get_closest_marker("slo")
     default: Mapping[str, str] = dict(marker.kwargs) if marker else {}
 
     def check(run: LoadRun, objectives: Mapping[str, str] | None = None) -> None:
         chosen = objectives if objectives is not None else default
-        if not chosen:
+        if not chosen and not run.result.scenario.objectives:
             raise pytest.UsageError(
                 "llmslo_assert: no objectives: pass them or mark the test "
                 '@pytest.mark.slo(ttft_p95="<= 500 ms", ...)'
             )
-        assert_slo(run, chosen)
+        result = judge(run, chosen or None)
+        # the reports show what the test asserted
+        if result.key in request.node.stash.get(_TEST_RUNS_KEY, []):
+            slo_session(request.config).add_result(result)
+        assert_slo(result)
 
     return check

@@ -20,11 +20,14 @@ class ErrorCategory(str, enum.Enum):
 
     CONNECT = "connect"  # could not open a connection (refused, DNS, TLS)
     TIMEOUT = "timeout"  # connect, read or total timeout elapsed
+    HTTP_REDIRECT = "http_redirect"  # a 3xx: not followed; the base URL needs fixing
     HTTP_4XX = "http_4xx"  # server rejected the request
     HTTP_5XX = "http_5xx"  # server failed the request
     STREAM_BROKEN = "stream_broken"  # connection dropped or malformed SSE mid-response
     EMPTY_OUTPUT = "empty_output"  # a 200 answer that carried no generated text
     RESPONSE_TOO_LARGE = "response_too_large"  # over load.max_response_bytes: cut off
+    # an answer this HTTP/1.1 client does not read: HTTP/2 only, a compressed body, not HTTP
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
 
     def __str__(self) -> str:
         return self.value
@@ -57,7 +60,6 @@ class RequestRecord:
     error: ErrorCategory | None = None
     error_message: str = ""
     output_text: str = ""
-    server: str = ""  # name of the server in the spec (empty outside a spec run)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,8 +89,6 @@ class Prompt:
     text: str | None = None
     messages: tuple[dict[str, str], ...] | None = None
     input_tokens: int | None = None  # known length with the model's tokenizer, when counted
-    # a reference answer length (ShareGPT), used only to size max_tokens when asked to
-    expected_output_tokens: int | None = None
 
     def as_messages(self) -> list[dict[str, str]]:
         if self.messages is not None:

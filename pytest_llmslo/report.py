@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmslo.catalogue import Metric, MetricKind, Producer, select
 from pytest_llmslo.environment import RunInfo
 from pytest_llmslo.redact import (
     REDACTED,
@@ -28,26 +29,23 @@ from pytest_llmslo.redact import (
     redact_url,
     server_secrets,
 )
+from pytest_llmslo.report_telemetry import telemetry_lines
 from pytest_llmslo.slo import Verdict, format_value
-from pytest_llmslo.telemetry.measures import markdown_lines
 
 if TYPE_CHECKING:
     from pytest_llmslo.config import LoadConfig, ServerConfig
     from pytest_llmslo.metrics import Summary
     from pytest_llmslo.records import Endpoint
-    from pytest_llmslo.session import ScenarioResult
+    from pytest_llmslo.result import ScenarioResult
 
 # v2: `load` is the load that ran (v1 repeated the spec's), with `spec_load` and `load_notes`;
 # `server_config`, `run.id`, `skipped`, `wall_seconds`, `margin_reason`; credentials redacted;
 # no NaN or Infinity anywhere (null, with a reason beside it). See docs/results-schema.md.
 RESULTS_SCHEMA = "pytest-llmslo/results/v2"
-_LATENCY_ROWS = [
-    ("ttft", "TTFT"),
-    ("ttfc", "time to first chunk"),
-    ("tpot", "TPOT"),
-    ("itl", "ITL (per chunk)"),
-    ("e2e", "E2E latency"),
-]
+# the latency table's rows: the load's distributions the catalogue gives a report label
+_LATENCY_ROWS: tuple[Metric, ...] = tuple(
+    m for m in select(kind=MetricKind.DISTRIBUTION, producer=Producer.LOAD) if m.report_label
+)
 
 
 _TOKEN_SOURCES = {
@@ -66,10 +64,7 @@ def _mark(passed: bool) -> str:
 
 
 def _status(res: ScenarioResult) -> str:
-    if res.skipped:
-        return "SKIPPED"
-    ok = not res.error and not res.interrupted and all(v.passed for v in res.verdicts)
-    return "PASS" if ok else "FAIL"
+    return res.status.value  # decided by the result, as for the pytest items
 
 
 def _backend_line(res: ScenarioResult) -> str:
@@ -179,15 +174,15 @@ def scenario_section(res: ScenarioResult) -> str:
         pcts = list(s.percentiles)
         out.append("| ms | mean | " + " | ".join(f"p{p:g}" for p in pcts) + " | max | n |")
         out.append("|---" * (len(pcts) + 4) + "|")
-        rows = list(_LATENCY_ROWS)
-        if _reasoned(s):
-            rows.insert(1, ("ttfat", "time to first answer token"))
-        for key, label in rows:
-            d = s.distributions[key]
+        reasoned = _reasoned(s)
+        for metric in _LATENCY_ROWS:
+            d = s.distributions.get(metric.name)
+            if d is None or (metric.reasoning and not reasoned):
+                continue
             cells = (
                 [_ms(d.mean)] + [_ms(d.percentiles[p]) for p in pcts] + [_ms(d.max), str(d.count)]
             )
-            out.append(f"| {label} | " + " | ".join(cells) + " |")
+            out.append(f"| {metric.report_label} | " + " | ".join(cells) + " |")
         out.append("")
         out.append(
             f"Throughput: {_num(s.output_throughput)} output tok/s, "
@@ -207,7 +202,7 @@ def scenario_section(res: ScenarioResult) -> str:
             out.append(f"| {_cell(cat)} | {n} | {example} |")
         out.append("")
     if res.telemetry is not None:
-        out += markdown_lines(res.telemetry)
+        out += telemetry_lines(res.telemetry)
         out.append("")
     if res.server_log_tail:
         out += [
@@ -218,6 +213,16 @@ def scenario_section(res: ScenarioResult) -> str:
             "",
         ]
     return result_secrets(res).scrub("\n".join(out))
+
+
+def _definitions(results: Sequence[ScenarioResult]) -> list[str]:
+    """The definitions of the latency table's rows, as the catalogue states them."""
+    reasoned = any(r.summary is not None and _reasoned(r.summary) for r in results)
+    out = ["Definitions (warmup requests excluded; throughput over the measured window):", ""]
+    for m in _LATENCY_ROWS:
+        if reasoned or not m.reasoning:
+            out.append(f"- `{m.name}`: {m.definition}")
+    return out
 
 
 def _reasoned(s: Summary) -> bool:
@@ -289,12 +294,7 @@ def render_markdown(
     out.append("")
     for r in results:
         out.append(scenario_section(r))
-    out.append(
-        "Definitions: TTFT = send to first generated text; "
-        "TPOT = (E2E − TTFT) / (output tokens − 1); "
-        "ITL = gaps between content chunks; E2E = send to last byte; throughput over the measured "
-        "window. Warmup requests are excluded."
-    )
+    out += _definitions(results)
     return _all_secrets(results).scrub("\n".join(out) + "\n")
 
 

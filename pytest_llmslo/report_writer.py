@@ -26,7 +26,7 @@ from pytest_llmslo.environment import RunInfo, collect_run_info
 from pytest_llmslo.report import render_markdown, request_lines, results_json
 
 if TYPE_CHECKING:
-    from pytest_llmslo.session import ScenarioResult
+    from pytest_llmslo.result import ScenarioResult
 
 RUNS_DIR = "runs"
 RESULTS_NAME = "results.json"

@@ -1,97 +1,37 @@
-"""Service-level objectives: the metric catalogue, objective parsing and evaluation to verdicts."""
+"""Service-level objectives: metric names, objective parsing and evaluation to verdicts.
+
+Which metrics exist, their units and definitions come from the registry in `catalogue.py`.
+"""
 
 from __future__ import annotations
 
 import difflib
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pytest_llmslo.catalogue import BY_NAME, METRICS, STATISTICS, MetricKind, select
 from pytest_llmslo.units import CANONICAL_UNIT, UnitError, UnitKind, expected_units, parse_quantity
 
 OPERATORS = ("<=", "<", ">=", ">")
 
+# Derived from the registry (catalogue.py), kept as tables: what a name means to an objective.
 # Distributions over requests (or over chunk gaps, for itl); an objective picks one statistic.
 DISTRIBUTIONS: dict[str, tuple[UnitKind, str]] = {
-    "ttft": (UnitKind.TIME, "time to first token: request sent -> first chunk with generated text"),
-    "ttfat": (
-        UnitKind.TIME,
-        "time to first answer token: request sent -> first chunk with answer text, after any "
-        "reasoning",
-    ),
-    "ttfc": (UnitKind.TIME, "time to first chunk: request sent -> first SSE event of any kind"),
-    "tpot": (UnitKind.TIME, "time per output token: (e2e - ttft) / (output_tokens - 1)"),
-    "itl": (UnitKind.TIME, "inter-chunk latency: gaps between successive content-bearing chunks"),
-    "e2e": (UnitKind.TIME, "end-to-end latency: request sent -> last byte of the response"),
-    "dispatch_lag": (UnitKind.TIME, "open loop: actual send time minus the scheduled send time"),
-    "input_tokens": (UnitKind.COUNT, "prompt tokens per request"),
-    "output_tokens": (UnitKind.COUNT, "generated tokens per request"),
-    "reasoning_tokens": (UnitKind.COUNT, "of the generated tokens, those spent reasoning"),
-    "answer_tokens": (UnitKind.COUNT, "generated tokens that are not reasoning"),
+    m.name: (m.unit, m.definition) for m in select(kind=MetricKind.DISTRIBUTION)
 }
-
-STATS: dict[str, str] = {
-    "mean": "arithmetic mean",
-    "std": "standard deviation",
-    "min": "smallest value",
-    "max": "largest value",
-    "median": "50th percentile",
-    "pNN": "NNth percentile, 0 < NN <= 100, decimals allowed (p99.9)",
-}
-
+STATS: Mapping[str, str] = STATISTICS
 SCALARS: dict[str, tuple[UnitKind, str]] = {
-    "output_throughput": (
-        UnitKind.TOKEN_RATE,
-        "output tokens of successful requests / wall time of the measured window",
-    ),
-    "total_token_throughput": (
-        UnitKind.TOKEN_RATE,
-        "input + output tokens of successful requests / wall time of the measured window",
-    ),
-    "request_throughput": (
-        UnitKind.REQUEST_RATE,
-        "successful requests / wall time of the measured window",
-    ),
-    "failure_rate": (UnitKind.RATIO, "failed requests / sent requests, warmup excluded"),
-    "failures": (UnitKind.COUNT, "failed requests, warmup excluded"),
-    "goodput": (
-        UnitKind.REQUEST_RATE,
-        "requests per second that succeeded and met every per-request objective",
-    ),
-    "goodput_ratio": (
-        UnitKind.RATIO,
-        "fraction of measured requests that succeeded and met every per-request objective",
-    ),
-    "startup_time": (UnitKind.TIME, "server start -> ready to serve (/health and /v1/models)"),
-    "gpu_memory_peak": (UnitKind.MEMORY, "peak GPU memory of the server's process tree, whole run"),
-    "gpu_memory_startup_peak": (UnitKind.MEMORY, "peak GPU memory while the server started"),
-    "gpu_memory_load_peak": (UnitKind.MEMORY, "peak GPU memory during the measured load"),
-    "gpu_memory_steady": (UnitKind.MEMORY, "GPU memory once ready, before load"),
-    "host_memory_peak": (
-        UnitKind.MEMORY,
-        "peak resident memory (RSS) of the server's process tree",
-    ),
-    "kv_cache_usage_max": (UnitKind.RATIO, "largest KV-cache usage seen on /metrics"),
-    "kv_cache_usage_mean": (UnitKind.RATIO, "mean KV-cache usage seen on /metrics"),
-    "preemptions": (UnitKind.COUNT, "requests the server preempted during the load (/metrics)"),
-    "requests_running_max": (UnitKind.COUNT, "most requests running at once (/metrics)"),
-    "requests_waiting_max": (UnitKind.COUNT, "most requests queued at once (/metrics)"),
+    m.name: (m.unit, m.definition) for m in select(kind=MetricKind.SCALAR)
 }
-
 # Per-request objectives decide whether one request counts towards goodput.
-REQUEST_METRICS: dict[str, str] = {
-    "ttft": "this request's time to first token",
-    "ttfat": "this request's time to first answer token",
-    "tpot": "this request's time per output token",
-    "e2e": "this request's end-to-end latency",
-    "itl": "largest gap between two content-bearing chunks of this request",
-}
+REQUEST_METRICS: dict[str, str] = {m.name: m.per_request for m in METRICS if m.per_request}
 
-_STAT_NAMES = ("mean", "std", "min", "max", "median")
+_STAT_NAMES = tuple(s for s in STATISTICS if s != "pNN")
 _DISTRIBUTION_METRIC = re.compile(
     r"(?P<base>" + "|".join(DISTRIBUTIONS) + r")_"
-    r"(?P<stat>mean|std|min|max|median|p(?P<pct>(?:0|[1-9]\d*)(?:\.\d+)?))"
+    r"(?P<stat>" + "|".join(_STAT_NAMES) + r"|p(?P<pct>(?:0|[1-9]\d*)(?:\.\d+)?))"
 )
 
 
@@ -323,7 +263,7 @@ def parse_request_objective(metric: str, text: str, *, line: int | None = None) 
         raise ObjectiveError(
             f"unknown per-request metric {metric!r}", choices=list(REQUEST_METRICS), fix=fix
         )
-    return _parse(metric, UnitKind.TIME, False, text, line)
+    return _parse(metric, BY_NAME[metric].unit, False, text, line)
 
 
 def derive_request_objectives(objectives: Iterable[Objective]) -> tuple[Objective, ...]:
@@ -389,8 +329,9 @@ def evaluate(
 
 
 def _kind(metric: str) -> UnitKind:
-    if metric in REQUEST_METRICS and metric not in SCALARS:
-        return UnitKind.TIME
+    declared = BY_NAME.get(metric)
+    if declared is not None:  # a scalar, or a distribution named bare by a per-request objective
+        return declared.unit
     return metric_info(metric).kind
 
 

@@ -1,13 +1,14 @@
-"""The YAML spec: strict schema, ``${VAR}`` substitution and conversion to typed configuration."""
+"""The YAML spec: strict schema, ``${VAR}`` substitution and conversion to typed configuration.
+
+The keys of servers, datasets and load, and their checks, come from the config dataclasses
+(``schema.py``); this module walks a spec's YAML nodes, hands each section to the schema as
+``Value``s that point back at their file and line, and reads the scenarios that combine them.
+"""
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
-import typing
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +18,23 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pytest_llmslo.config import (
-    ApiKind,
-    Arrival,
-    Backend,
+    APIS,
+    ARRIVALS,
+    BACKENDS,
+    FORMATS,
     DatasetConfig,
-    DatasetFormat,
     LoadConfig,
     ServerConfig,
 )
-from pytest_llmslo.models import builtin_models, is_builtin
+from pytest_llmslo.kinds import MAX_PARALLEL, MAX_RATE, Context, http_url_problem
+from pytest_llmslo.schema import (
+    DATASET_KEYS,
+    LOAD_KEYS,
+    SERVER_KEYS,
+    read_dataset,
+    read_load,
+    read_server,
+)
 from pytest_llmslo.slo import (
     Objective,
     ObjectiveError,
@@ -42,18 +51,43 @@ from pytest_llmslo.spec_yaml import (
     compose,
     substitute,
 )
-from pytest_llmslo.spec_yaml import VAR_NAME as _VAR_NAME
-from pytest_llmslo.units import UnitError, UnitKind, parse_duration, parse_quantity
+from pytest_llmslo.values import (
+    DOCS,
+    Shape,
+    Value,
+    did_you_mean,
+    read_number,
+    read_string,
+    read_string_list,
+    render_error,
+    type_name,
+    unknown_key_fix,
+)
 
 if TYPE_CHECKING:
     from pytest_llmslo.datasets import DatasetRows
 
-BACKENDS: tuple[str, ...] = typing.get_args(Backend)
-FORMATS: tuple[str, ...] = typing.get_args(DatasetFormat)
-ARRIVALS: tuple[str, ...] = typing.get_args(Arrival)
-APIS: tuple[str, ...] = typing.get_args(ApiKind)
+# names other modules and users import from here
+__all__ = [
+    "APIS",
+    "ARRIVALS",
+    "BACKENDS",
+    "DATASET_KEYS",
+    "DEFAULT_PERCENTILES",
+    "DOCS",
+    "FORMATS",
+    "LOAD_KEYS",
+    "MAX_PARALLEL",
+    "MAX_RATE",
+    "SERVER_KEYS",
+    "Scenario",
+    "Spec",
+    "SpecError",
+    "http_url_problem",
+    "load_spec",
+]
+
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
-DOCS = "docs/spec-reference.md"
 
 
 class SpecError(Exception):
@@ -81,13 +115,9 @@ class SpecError(Exception):
 
     def _render(self) -> str:
         where = _display_path(self.path) + (f":{self.line}" if self.line is not None else "")
-        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-        if self.choices:
-            text += f". {self.choices_label}: " + ", ".join(self.choices)
-        text += "." if not text.endswith(".") else ""
-        if self.fix:
-            text += f" {self.fix}"
-        return text
+        return render_error(
+            where, self.key, self.message, self.choices, self.choices_label, self.fix
+        )
 
     def __str__(self) -> str:
         return self._render()
@@ -135,24 +165,6 @@ class Spec:
 
 
 # --- reading nodes --------------------------------------------------------------------------------
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
 
 
 def _node_kind(node: Node) -> str:
@@ -205,7 +217,7 @@ class _Reader:
             raise self.error(
                 node,
                 path,
-                f"expected a mapping of {what}, got {self._describe(node)}",
+                f"expected a mapping of {what}, got {self.describe(node)}",
                 fix=f"See {DOCS} for the shape of this section.",
             )
         entries: dict[str, _Entry] = {}
@@ -249,14 +261,13 @@ class _Reader:
                 and key not in allowed
                 and not (extensions and key.startswith("x-"))
             ):
-                close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
                 raise self.error(
                     line,
                     dotted,
                     "unknown key",
                     choices=list(allowed),
                     choices_label="Valid keys",
-                    fix=f"Did you mean {close[0]!r}?" if close else f"See {DOCS}.",
+                    fix=unknown_key_fix(key, allowed),
                 )
             entries[key] = _Entry(key, value_node, dotted, line)
         return {**inherited, **entries}
@@ -268,15 +279,15 @@ class _Reader:
             raise self.error(
                 node,
                 f"{path}.<<" if path else "<<",
-                f"a merge key takes a mapping or a list of mappings, got {self._describe(node)}",
+                f"a merge key takes a mapping or a list of mappings, got {self.describe(node)}",
                 fix="Write <<: *name, where &name marks a mapping, or <<: [*a, *b].",
             )
         return list(sources)
 
-    def _describe(self, node: Node) -> str:
+    def describe(self, node: Node) -> str:
         if isinstance(node, ScalarNode):
             value = self.scalar_raw(node, "")
-            return f"{_type_name(value)} ({node.value!r})" if value is not None else "null"
+            return f"{type_name(value)} ({node.value!r})" if value is not None else "null"
         return _node_kind(node)
 
     def scalar_raw(self, node: ScalarNode, path: str) -> Any:
@@ -299,7 +310,7 @@ class _Reader:
         if node.style is not None:  # quoted or block scalars stay strings
             return substituted
         # A plain scalar is typed after substitution, so `requests: ${N:-100}` is an integer.
-        tag = self._plain_tag(substituted)
+        tag = self.plain_tag(substituted)
         return self._construct(ScalarNode(tag, substituted, node.start_mark), path)
 
     def _construct(self, node: ScalarNode, path: str) -> Any:
@@ -339,201 +350,136 @@ class _Reader:
             )
         return self.scalar_raw(entry.node, entry.path)
 
-    def _plain_tag(self, text: str) -> str:
+    def plain_tag(self, text: str) -> str:
         """The tag YAML gives ``text`` written as a plain scalar (int, float, bool, null, str)."""
         tag: str = self._constructor.resolve(  # type: ignore[no-untyped-call]
             ScalarNode, text, (True, False)
         )
         return tag
 
-    def _wrong_type(self, entry: _Entry, value: object, expected: str, example: str) -> SpecError:
-        shown = f" {value!r}" if isinstance(value, str | int | float) else ""
-        fix = f"Write e.g. {entry.key}: {example}."
-        looks_typed = isinstance(value, str) and self._plain_tag(value) != "tag:yaml.org,2002:str"
-        if looks_typed and expected != "a string":
-            fix = f"Remove the quotes around {value!r}: quoted values are strings."
-        return self.error(
-            entry.node, entry.path, f"expected {expected}, got {_type_name(value)}{shown}", fix=fix
+
+class _Node:
+    """A spec value as the schema reads it (``kinds.Value``): its node, key path and line."""
+
+    def __init__(self, reader: _Reader, entry: _Entry) -> None:
+        self._reader = reader
+        self._entry = entry
+
+    @property
+    def key(self) -> str:
+        return self._entry.key
+
+    @property
+    def path(self) -> str:
+        return self._entry.path
+
+    def shape(self) -> Shape:
+        node = self._entry.node
+        if isinstance(node, MappingNode):
+            return "mapping"
+        return "list" if isinstance(node, SequenceNode) else "scalar"
+
+    def scalar(self) -> Any:
+        return self._reader.scalar(self._entry)
+
+    def items(self) -> list[Value]:
+        entry = self._entry
+        return [
+            _Node(self._reader, _Entry(entry.key, node, f"{entry.path}[{i}]", _line(node)))
+            for i, node in enumerate(entry.node.value)
+        ]
+
+    def entries(self) -> dict[str, Value]:
+        return _values(self._reader, self._reader.mapping(self._entry.node, self.path, None))
+
+    def plain(self) -> Any:
+        return self._reader.value(self._entry.node, self.path)
+
+    def describe(self) -> str:
+        return self._reader.describe(self._entry.node)
+
+    def error(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        choices: Sequence[str] = (),
+        choices_label: str = "Valid choices",
+        fix: str = "",
+    ) -> SpecError:
+        return self._reader.error(
+            self._entry.node,
+            path or self.path,
+            message,
+            choices=choices,
+            choices_label=choices_label,
+            fix=fix,
         )
 
-    def string(self, entry: _Entry, *, allow_empty: bool = False) -> str:
-        value = self.scalar(entry)
-        if not isinstance(value, str):
-            raise self._wrong_type(entry, value, "a string", '"text"')
-        if not allow_empty and not value.strip():
-            raise self.error(entry.node, entry.path, "must not be empty")
-        return value
-
-    def boolean(self, entry: _Entry) -> bool:
-        value = self.scalar(entry)
-        if not isinstance(value, bool):
-            raise self._wrong_type(entry, value, "true or false", "true")
-        return value
-
-    def integer(
-        self, entry: _Entry, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
-        value = self.scalar(entry)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._wrong_type(entry, value, "an integer", str(minimum or 1))
-        self._check_range(entry, value, minimum, maximum)
-        return value
-
-    def number(
+    def key_error(
         self,
-        entry: _Entry,
+        message: str,
         *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        positive: bool = False,
-    ) -> float:
-        value = self.scalar(entry)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise self._wrong_type(entry, value, "a number", "1.0")
-        if math.isinf(value):
-            raise self.error(
-                entry.node,
-                entry.path,
-                f"expected a finite number, got {value!r}",
-                fix=f"Write a number, e.g. {entry.key}: 1.0.",
-            )
-        if positive and value <= 0:
-            raise self.error(entry.node, entry.path, f"must be above 0, got {value!r}")
-        self._check_range(entry, value, minimum, maximum)
-        return float(value)
+        path: str | None = None,
+        choices: Sequence[str] = (),
+        choices_label: str = "Valid choices",
+        fix: str = "",
+    ) -> SpecError:
+        return self._reader.error(
+            self._entry.line,
+            path or self.path,
+            message,
+            choices=choices,
+            choices_label=choices_label,
+            fix=fix,
+        )
 
-    def _check_range(
-        self, entry: _Entry, value: float, minimum: float | None, maximum: float | None
-    ) -> None:
-        if minimum is not None and value < minimum:
-            raise self.error(entry.node, entry.path, f"must be at least {minimum}, got {value!r}")
-        if maximum is not None and value > maximum:
-            raise self.error(entry.node, entry.path, f"must be at most {maximum}, got {value!r}")
+    def looks_typed(self, text: str) -> bool:
+        return self._reader.plain_tag(text) != STR_TAG
 
-    def duration(self, entry: _Entry) -> float:
-        value = self.scalar(entry)
-        if isinstance(value, str) and self._plain_tag(value.strip()) in (_INT_TAG, _FLOAT_TAG):
-            # as everywhere in a spec, quotes make text, and text needs its unit
-            raise self.error(
-                entry.node,
-                entry.path,
-                f"expected a duration, got the string {value!r} without a time unit",
-                fix=f"Remove the quotes for seconds ({entry.key}: {value.strip()}), or add a "
-                f'unit: {entry.key}: "{value.strip()} s".',
-            )
-        try:
-            seconds = parse_duration(value)
-        except UnitError as error:
-            raise self.error(entry.node, entry.path, error.message, fix=error.fix) from None
-        if seconds <= 0:
-            raise self.error(entry.node, entry.path, f"must be above 0 s, got {value!r}")
-        return seconds
+    def looks_number(self, text: str) -> bool:
+        return self._reader.plain_tag(text.strip()) in (_INT_TAG, _FLOAT_TAG)
 
-    def choice(self, entry: _Entry, choices: Sequence[str], what: str) -> str:
-        value = self.string(entry)
-        if value not in choices:
-            close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
-            raise self.error(
-                entry.node,
-                entry.path,
-                f"unknown {what} {value!r}",
-                choices=list(choices),
-                choices_label=f"Valid {what}s",
-                fix=f"Did you mean {close[0]!r}?" if close else "",
-            )
-        return value
 
-    def string_list(self, entry: _Entry) -> list[tuple[str, Node, str]]:
-        """Strings of a list (numbers are taken as their text); each with its node and path."""
-        if not isinstance(entry.node, SequenceNode):
-            raise self.error(
-                entry.node,
-                entry.path,
-                f"expected a list, got {self._describe(entry.node)}",
-                fix=f'Write e.g. {entry.key}: ["a", "b"].',
-            )
-        items = []
-        for i, node in enumerate(entry.node.value):
-            item = _Entry(entry.key, node, f"{entry.path}[{i}]", node.start_mark.line + 1)
-            value = self.scalar(item)
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise self._wrong_type(item, value, "a string", '"text"')
-            items.append((str(value), node, item.path))
-        return items
+class _Site:
+    """A section of a spec as a place for errors: the line of its key and its dotted path."""
 
-    def string_map(self, entry: _Entry) -> dict[str, str]:
-        """A mapping of strings to strings (numbers are taken as their text; booleans are not)."""
-        result = {}
-        for sub in self.mapping(entry.node, entry.path, None).values():
-            value = self.scalar(sub)
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise self._wrong_type(sub, value, "a string", '"value"')
-            result[sub.key] = str(value)
-        return result
+    def __init__(self, reader: _Reader, line: int, path: str) -> None:
+        self._reader = reader
+        self._line = line
+        self.path = path
+
+    def error(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        choices: Sequence[str] = (),
+        choices_label: str = "Valid choices",
+        fix: str = "",
+    ) -> SpecError:
+        return self._reader.error(
+            self._line,
+            path or self.path,
+            message,
+            choices=choices,
+            choices_label=choices_label,
+            fix=fix,
+        )
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _values(reader: _Reader, entries: Mapping[str, _Entry]) -> dict[str, Value]:
+    return {key: _Node(reader, entry) for key, entry in entries.items()}
 
 
 # --- sections -------------------------------------------------------------------------------------
 
 TOP_KEYS = ("version", "defaults", "servers", "datasets", "scenarios")
 DEFAULTS_KEYS = ("load", "slo", "request_slo", "percentiles")
-SERVER_KEYS = (
-    "backend",
-    "model",
-    "served_model_name",
-    "args",
-    "extra_args",
-    "env",
-    "startup_timeout",
-    "gpu_ids",
-    "device",
-    "host",
-    "port",
-    "base_url",
-    "api_key_env",
-    "stop_timeout",
-    "skip_if_missing",
-    "tokenizer",
-    "metrics",
-)
-DATASET_KEYS = (
-    "format",
-    "path",
-    "sample",
-    "seed",
-    "min_prompt_tokens",
-    "max_prompt_tokens",
-    "input_tokens",
-    "count",
-    "field",
-)
-LOAD_KEYS = (
-    "api",
-    "stream",
-    "include_usage",
-    "parallel",
-    "rate",
-    "arrival",
-    "burstiness",
-    "requests",
-    "duration",
-    "warmup",
-    "max_tokens",
-    "min_tokens",
-    "ignore_eos",
-    "temperature",
-    "top_p",
-    "seed",
-    "request_seed",
-    "stop",
-    "extra_body",
-    "headers",
-    "connect_timeout",
-    "read_timeout",
-    "total_timeout",
-    "max_response_bytes",
-    "max_consecutive_timeouts",
-    "failure_budget",
-)
 SCENARIO_KEYS = (
     "servers",
     "dataset",
@@ -543,489 +489,29 @@ SCENARIO_KEYS = (
     "request_slo",
     "percentiles",
 )
-_DEVICE = re.compile(r"auto|cpu|cuda(?::\d+)?")
 # scenario and server names are parts of test ids (spec.yaml::scenario::server::objective)
 _SCENARIO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-# One client process: each user holds a connection and the engine ingests about 125k chunks/s on
-# one core (docs/load-engine.md), so 10,000 users streaming over 12 chunks/s each already outrun
-# it, and sending 10,000 requests a second leaves it no time to read the answers.
-MAX_PARALLEL = 10_000
-MAX_RATE = 10_000.0
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
-_CLIENT_HEADERS = ("host", "content-length", "content-type", "transfer-encoding")
 
 
 def _server(reader: _Reader, name: str, node: Node, line: int) -> ServerConfig:
     path = f"servers.{name}"
     entries = reader.mapping(node, path, SERVER_KEYS)
-    if "backend" not in entries:
-        raise reader.error(
-            line,
-            path,
-            "missing required key 'backend'",
-            choices=BACKENDS,
-            choices_label="Valid backends",
-            fix="Add backend: vllm (or hf, external).",
-        )
-    backend = reader.choice(entries["backend"], BACKENDS, "backend")
-    kw: dict[str, Any] = {}
-    for key, entry in entries.items():
-        if key == "backend":
-            continue
-        if key == "model":
-            # an external server's empty model means: the first one its /v1/models lists
-            kw[key] = reader.string(entry, allow_empty=backend == "external").strip()
-            if is_builtin(kw[key]):
-                _builtin_model(reader, entry, kw[key], backend)
-        elif key in ("served_model_name", "host"):
-            kw[key] = reader.string(entry)
-        elif key == "tokenizer":
-            kw[key] = _tokenizer(reader, entry)
-        elif key == "metrics":
-            kw[key] = _metrics_mode(reader, entry, backend)
-        elif key == "args":
-            args = reader.value(entry.node, entry.path)
-            if not isinstance(args, dict):
-                raise reader._wrong_type(entry, args, "a mapping", "{max_model_len: 4096}")
-            for arg in args:
-                if arg.startswith("-"):
-                    raise reader.error(
-                        entry.node,
-                        f"{entry.path}.{arg}",
-                        "argument names are written without leading dashes",
-                        fix=f"Write {arg.lstrip('-').replace('-', '_')}: ..., or put the flag "
-                        "in extra_args.",
-                    )
-            kw["args"] = args
-        elif key == "extra_args":
-            kw["extra_args"] = tuple(text for text, _, _ in reader.string_list(entry))
-        elif key == "env":
-            kw["env"] = reader.string_map(entry)
-        elif key in ("startup_timeout", "stop_timeout"):
-            kw[key] = reader.duration(entry)
-        elif key == "skip_if_missing":
-            kw[key] = reader.boolean(entry)
-        elif key == "gpu_ids":
-            if not isinstance(entry.node, SequenceNode):
-                raise reader.error(
-                    entry.node,
-                    entry.path,
-                    f"expected a list of GPU indices, got {reader._describe(entry.node)}",
-                    fix="Write e.g. gpu_ids: [0] or gpu_ids: [0, 1].",
-                )
-            ids = []
-            for i, item in enumerate(entry.node.value):
-                sub = _Entry(key, item, f"{entry.path}[{i}]", item.start_mark.line + 1)
-                ids.append(reader.integer(sub, minimum=0))
-            kw["gpu_ids"] = tuple(ids)
-        elif key == "device":
-            device = reader.string(entry)
-            if not _DEVICE.fullmatch(device):
-                raise reader.error(
-                    entry.node,
-                    entry.path,
-                    f"unknown device {device!r}",
-                    choices=("auto", "cpu", "cuda", "cuda:N"),
-                    choices_label="Valid devices",
-                )
-            kw["device"] = device
-        elif key == "port":
-            kw["port"] = reader.integer(entry, minimum=1, maximum=65535)
-        elif key == "base_url":
-            url = reader.string(entry)
-            problem = http_url_problem(url)
-            if problem is not None:
-                raise reader.error(
-                    entry.node,
-                    entry.path,
-                    problem,
-                    fix="Write e.g. base_url: http://host:8000 (without /v1).",
-                )
-            kw["base_url"] = url.rstrip("/")
-        elif key == "api_key_env":
-            var = reader.string(entry)
-            if not _VAR_NAME.fullmatch(var):
-                raise reader.error(
-                    entry.node,
-                    entry.path,
-                    f"{var!r} is not an environment variable name",
-                    fix="Write the variable's name, e.g. api_key_env: PROD_KEY, not its value.",
-                )
-            kw["api_key_env"] = var
-    if backend == "external":
-        if "base_url" not in kw:
-            raise reader.error(
-                line,
-                path,
-                "missing required key 'base_url' for backend external",
-                fix="Add base_url: http://host:port of the running service.",
-            )
-    else:
-        if "model" not in kw:
-            raise reader.error(
-                line,
-                path,
-                f"missing required key 'model' for backend {backend}",
-                fix="Add model: a hub id or a local model directory.",
-            )
-        if "base_url" in kw:
-            raise reader.error(
-                entries["base_url"].line,
-                f"{path}.base_url",
-                f"base_url is for backend external; backend {backend} starts its own server",
-                fix="Remove base_url, or set backend: external.",
-            )
-    return ServerConfig(name=name, backend=backend, **kw)  # type: ignore[arg-type]
-
-
-def _builtin_model(reader: _Reader, entry: _Entry, model: str, backend: str) -> None:
-    """A ``builtin:`` model id must be one of ours, and served by a server the plugin starts."""
-    known = builtin_models()
-    if model not in known:
-        close = difflib.get_close_matches(model, known, n=1, cutoff=0.6)
-        raise reader.error(
-            entry.node,
-            entry.path,
-            f"unknown built-in model {model!r}",
-            choices=known,
-            choices_label="Built-in models",
-            fix=(f"Did you mean {close[0]!r}? " if close else "")
-            + "Or name a hub id or a local model directory.",
-        )
-    if backend == "external":
-        raise reader.error(
-            entry.node,
-            entry.path,
-            "a built-in model is served by a server the plugin starts, not by an external one",
-            fix="Set backend: vllm or hf, or name the model the external service serves.",
-        )
-
-
-def _tokenizer(reader: _Reader, entry: _Entry) -> str:
-    """A tokenizer: a ``builtin:`` model, a hub id, or a local directory that must exist."""
-    value = reader.string(entry).strip()
-    if is_builtin(value):
-        _builtin_model(reader, entry, value, "")
-    elif value.startswith(("/", "./", "../", "~")):
-        where = Path(value).expanduser()
-        if not where.is_dir() and not (where.is_file() and where.name == "tokenizer.json"):
-            raise reader.error(
-                entry.node,
-                entry.path,
-                f"tokenizer directory {value!r} does not exist",
-                fix="Point it at the model directory holding tokenizer.json (relative paths are "
-                "taken from the working directory, as for model), or give a hub id.",
-            )
-    return value
-
-
-def _metrics_mode(reader: _Reader, entry: _Entry, backend: str) -> bool | None:
-    value = reader.scalar(entry)
-    if value == "auto":
-        return None
-    if not isinstance(value, bool):
-        raise reader.error(
-            entry.node,
-            entry.path,
-            f"expected true, false or auto, got {value!r}",
-            fix="Write metrics: auto (scrape /metrics when served), true (require it) or false.",
-        )
-    if value and backend == "hf":
-        raise reader.error(
-            entry.node,
-            entry.path,
-            "transformers serve has no /metrics endpoint",
-            fix="Remove metrics, or set it to auto or false.",
-        )
-    return value
-
-
-_FILE_FORMATS = tuple(f for f in FORMATS if f != "random")
+    return read_server(name, _values(reader, entries), _Site(reader, line, path))
 
 
 def _dataset(reader: _Reader, name: str, node: Node, line: int) -> DatasetConfig:
     path = f"datasets.{name}"
     entries = reader.mapping(node, path, DATASET_KEYS)
-    if "format" not in entries:
-        raise reader.error(
-            line,
-            path,
-            "missing required key 'format'",
-            choices=FORMATS,
-            choices_label="Valid formats",
-        )
-    fmt = reader.choice(entries["format"], FORMATS, "format")
-    kw: dict[str, Any] = {}
-    for key, entry in entries.items():
-        if key == "format":
-            continue
-        if key == "path":
-            if fmt == "random":
-                raise reader.error(
-                    entry.line,
-                    entry.path,
-                    "format random makes its own prompts and reads no file",
-                    fix="Remove path, or pick a file format: " + ", ".join(_FILE_FORMATS) + ".",
-                )
-            raw = reader.string(entry)
-            resolved = Path(raw).expanduser()
-            if not resolved.is_absolute():
-                resolved = reader.path.resolve().parent / resolved
-            if not resolved.is_file():
-                raise reader.error(
-                    entry.node,
-                    entry.path,
-                    f"dataset file {str(resolved)!r} does not exist",
-                    fix="Relative paths are taken from the spec file's directory.",
-                )
-            kw["path"] = str(resolved)
-        elif key == "field":
-            if fmt != "jsonl":
-                raise reader.error(
-                    entry.line,
-                    entry.path,
-                    f"field applies to format jsonl only, not {fmt}",
-                    fix="Remove field.",
-                )
-            kw["field"] = reader.string(entry)
-        elif key == "seed":
-            kw["seed"] = reader.integer(entry)
-        else:
-            kw[key] = reader.integer(entry, minimum=1)
-    if fmt == "random":
-        if "input_tokens" not in kw:
-            raise reader.error(
-                line,
-                path,
-                "missing required key 'input_tokens' for format random",
-                fix="Add input_tokens: the prompt length in tokens, e.g. 128.",
-            )
-    elif "path" not in kw:
-        raise reader.error(
-            line,
-            path,
-            f"missing required key 'path' for format {fmt}",
-            fix="Add path: the dataset file, relative to the spec file's directory.",
-        )
-    low, high = kw.get("min_prompt_tokens"), kw.get("max_prompt_tokens")
-    if low is not None and high is not None and low > high:
-        raise reader.error(
-            entries["max_prompt_tokens"].line,
-            f"{path}.max_prompt_tokens",
-            f"max_prompt_tokens ({high}) is below min_prompt_tokens ({low})",
-        )
-    return DatasetConfig(name=name, format=fmt, **kw)  # type: ignore[arg-type]
-
-
-def http_url_problem(url: str) -> str | None:
-    """What makes ``url`` unusable as a server's base URL, or None."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{url!r} is not an http(s) URL"
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if port == 0:
-        return f"{url!r} has no valid port: ports are 1-65535"
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        return f"{url!r} holds whitespace or control characters"
-    return None
-
-
-def _headers(reader: _Reader, entry: _Entry) -> dict[str, str]:
-    """Headers as the client writes them: token names, values on one line in Latin-1."""
-    headers = reader.string_map(entry)
-    entries = reader.mapping(entry.node, entry.path, None)
-    for name, value in headers.items():
-        sub = entries[name]
-        if not _HEADER_NAME.fullmatch(name):
-            raise reader.error(
-                sub.line,
-                sub.path,
-                f"{name!r} is not an HTTP header name",
-                fix="Header names are letters, digits and -, e.g. X-Request-Source.",
-            )
-        if name.lower() in _CLIENT_HEADERS:
-            raise reader.error(
-                sub.line,
-                sub.path,
-                f"the client writes {name} itself",
-                fix="Remove this header.",
-            )
-        control = next((ch for ch in value if ch != "\t" and not 32 <= ord(ch) != 127), None)
-        if control is not None:
-            raise reader.error(
-                sub.node,
-                sub.path,
-                f"the value holds the control character {control!r}: a line break would end "
-                "the header and start another",
-                fix="Write the value on one line (a block scalar | or > ends with a line break).",
-            )
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError as error:
-            raise reader.error(
-                sub.node,
-                sub.path,
-                f"the value holds {value[error.start]!r}, which an HTTP header cannot carry "
-                "(Latin-1 text only)",
-                fix="Use ASCII text, or encode the value (e.g. percent-encoding) as the server "
-                "expects.",
-            ) from None
-    return headers
-
-
-def _check_json(reader: _Reader, entry: _Entry, value: Any, path: str) -> None:
-    """``extra_body`` goes out as JSON, which has no infinity or NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise reader.error(
-            entry.node,
-            path,
-            f"{value!r} cannot be sent: JSON has no infinity or NaN",
-            fix="Write a finite number, or quote the value to send it as text.",
-        )
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_json(reader, entry, item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_json(reader, entry, item, f"{path}[{i}]")
+    ctx = Context(base_dir=reader.path.resolve().parent, base_name="the spec file's directory")
+    return read_dataset(name, _values(reader, entries), _Site(reader, line, path), ctx)
 
 
 def _load(
     reader: _Reader, entries: Mapping[str, _Entry], scenario_path: str, line: int
 ) -> LoadConfig:
-    kw: dict[str, Any] = {}
-    for key, entry in entries.items():
-        if key == "api":
-            kw[key] = reader.choice(entry, APIS, "api")
-        elif key == "arrival":
-            kw[key] = reader.choice(entry, ARRIVALS, "arrival")
-        elif key in ("stream", "include_usage", "request_seed"):
-            kw[key] = reader.boolean(entry)
-        elif key == "ignore_eos":
-            kw[key] = None if reader.scalar(entry) is None else reader.boolean(entry)
-        elif key == "parallel":
-            kw[key] = reader.integer(entry, minimum=1, maximum=MAX_PARALLEL)
-        elif key == "requests":
-            kw[key] = reader.integer(entry, minimum=1)
-        elif key in ("warmup", "min_tokens"):
-            kw[key] = reader.integer(entry, minimum=0)
-        elif key == "seed":
-            kw[key] = reader.integer(entry)
-        elif key == "max_tokens":
-            kw[key] = None if reader.scalar(entry) is None else reader.integer(entry, minimum=1)
-        elif key == "rate":
-            value = reader.scalar(entry)
-            if isinstance(value, str):
-                try:
-                    kw[key] = parse_quantity(value, UnitKind.REQUEST_RATE).value
-                except UnitError as error:
-                    raise reader.error(
-                        entry.node, entry.path, error.message, fix=error.fix
-                    ) from None
-                if kw[key] <= 0:
-                    raise reader.error(entry.node, entry.path, f"must be above 0, got {value!r}")
-            else:
-                kw[key] = reader.number(entry, positive=True)
-            if kw[key] > MAX_RATE:
-                raise reader.error(
-                    entry.node,
-                    entry.path,
-                    f"must be at most {MAX_RATE:,.0f} req/s, got {value!r}",
-                    fix="One client process cannot send faster than that; see the load limits "
-                    f"in {DOCS}.",
-                )
-        elif key == "burstiness":
-            kw[key] = reader.number(entry, positive=True)
-        elif key == "temperature":
-            kw[key] = reader.number(entry, minimum=0)
-        elif key == "top_p":
-            kw[key] = reader.number(entry, positive=True, maximum=1)
-        elif key in ("duration", "connect_timeout", "read_timeout", "total_timeout"):
-            kw[key] = reader.duration(entry)
-        elif key == "stop":
-            if isinstance(entry.node, ScalarNode):
-                kw[key] = (reader.string(entry, allow_empty=True),)
-            else:
-                kw[key] = tuple(text for text, _, _ in reader.string_list(entry))
-        elif key == "extra_body":
-            body = reader.value(entry.node, entry.path)
-            if not isinstance(body, dict):
-                raise reader._wrong_type(entry, body, "a mapping", "{repetition_penalty: 1.0}")
-            _check_json(reader, entry, body, entry.path)
-            kw[key] = body
-        elif key == "headers":
-            kw[key] = _headers(reader, entry)
-        elif key in ("max_response_bytes", "max_consecutive_timeouts", "failure_budget"):
-            kw[key] = _stop_limit(reader, entry)
-    load_path = f"{scenario_path}.load"
-    budget = kw.get("failure_budget")
-    if isinstance(budget, float) and kw.get("requests") is None:
-        raise reader.error(
-            entries["failure_budget"].node,
-            entries["failure_budget"].path,
-            "a percentage budget is a share of 'requests', and this load sets only 'duration'",
-            fix="Give a count of failed requests instead, e.g. failure_budget: 10.",
-        )
-    if kw.get("parallel") is None and kw.get("rate") is None:
-        raise reader.error(
-            line,
-            load_path,
-            "needs 'parallel' (concurrent users) or 'rate' (requests per second)",
-            fix="Add e.g. parallel: 10.",
-        )
-    if kw.get("requests") is None and kw.get("duration") is None:
-        raise reader.error(
-            line,
-            load_path,
-            "needs 'requests' (how many to measure) or 'duration' (how long)",
-            fix="Add e.g. requests: 100 or duration: 60s.",
-        )
-    return LoadConfig(**kw)
-
-
-def _stop_limit(reader: _Reader, entry: _Entry) -> int | float | None:
-    """max_response_bytes (bytes or a memory size), max_consecutive_timeouts (a count or null),
-    failure_budget (a count, a percentage of `requests`, or null)."""
-    value = reader.scalar(entry)
-    key = entry.key
-    if value is None and key != "max_response_bytes":
-        return None  # never stop for this reason
-    if key == "max_response_bytes":
-        if isinstance(value, str):
-            try:
-                size = parse_quantity(value, UnitKind.MEMORY).value
-            except UnitError as error:
-                raise reader.error(entry.node, entry.path, error.message, fix=error.fix) from None
-            if size < 1:
-                raise reader.error(entry.node, entry.path, f"must be at least 1 B, got {value!r}")
-            return int(size)
-        return reader.integer(entry, minimum=1)
-    if key == "failure_budget" and isinstance(value, str):
-        try:
-            share = parse_quantity(value, UnitKind.RATIO)
-        except UnitError as error:
-            raise reader.error(entry.node, entry.path, error.message, fix=error.fix) from None
-        if share.unit != "%" or share.value <= 0:
-            raise reader.error(
-                entry.node,
-                entry.path,
-                f"expected a count of failed requests or a percentage above 0, got {value!r}",
-                fix="Write e.g. failure_budget: 10 (requests) or failure_budget: 5%.",
-            )
-        return float(share.value)
-    if key == "failure_budget" and isinstance(value, float):
-        raise reader.error(
-            entry.node,
-            entry.path,
-            f"expected a count of failed requests or a percentage, got {value!r}",
-            fix=f"Write a share of the requests as a percentage, e.g. {value * 100:g}%.",
-        )
-    return reader.integer(entry, minimum=1 if key == "max_consecutive_timeouts" else 0)
+    return read_load(_values(reader, entries), _Site(reader, line, f"{scenario_path}.load"))
 
 
 def _objectives(
@@ -1069,8 +555,8 @@ def _percentiles(reader: _Reader, entry: _Entry) -> tuple[float, ...]:
         )
     values: list[float] = []
     for i, node in enumerate(entry.node.value):
-        item = _Entry(entry.key, node, f"{entry.path}[{i}]", node.start_mark.line + 1)
-        value = reader.number(item)
+        item = _Entry(entry.key, node, f"{entry.path}[{i}]", _line(node))
+        value = read_number(_Node(reader, item))
         if not 0 < value <= 100:
             raise reader.error(
                 node, item.path, f"percentile {value:g} is out of range; use 0 < p <= 100"
@@ -1117,10 +603,11 @@ def _scenario(
 
     if "servers" in entries:
         entry = entries["servers"]
-        if isinstance(entry.node, ScalarNode):
-            names: list[tuple[str, Node, str]] = [(reader.string(entry), entry.node, entry.path)]
+        listed = _Node(reader, entry)
+        if listed.shape() == "scalar":
+            names: list[tuple[str, Value]] = [(read_string(listed), listed)]
         else:
-            names = reader.string_list(entry)
+            names = read_string_list(listed)
         if not names:
             raise reader.error(
                 entry.node,
@@ -1130,19 +617,16 @@ def _scenario(
                 choices_label="Defined servers",
             )
         chosen: list[str] = []
-        for server, server_node, server_path in names:
+        for server, where in names:
             if server not in servers:
-                close = difflib.get_close_matches(server, list(servers), n=1, cutoff=0.5)
-                raise reader.error(
-                    server_node,
-                    server_path,
+                raise where.error(
                     f"unknown server {server!r}",
                     choices=list(servers),
                     choices_label="Defined servers",
-                    fix=f"Did you mean {close[0]!r}?" if close else "Define it under servers:.",
+                    fix=did_you_mean(server, list(servers), 0.5) or "Define it under servers:.",
                 )
             if server in chosen:
-                raise reader.error(server_node, server_path, f"server {server!r} is listed twice")
+                raise where.error(f"server {server!r} is listed twice")
             chosen.append(server)
         server_names = tuple(chosen)
     else:
@@ -1156,16 +640,14 @@ def _scenario(
             choices=list(datasets),
             choices_label="Defined datasets",
         )
-    dataset = reader.string(entries["dataset"])
+    written = _Node(reader, entries["dataset"])
+    dataset = read_string(written)
     if dataset not in datasets:
-        close = difflib.get_close_matches(dataset, list(datasets), n=1, cutoff=0.5)
-        raise reader.error(
-            entries["dataset"].node,
-            entries["dataset"].path,
+        raise written.error(
             f"unknown dataset {dataset!r}",
             choices=list(datasets),
             choices_label="Defined datasets",
-            fix=f"Did you mean {close[0]!r}?" if close else "Define it under datasets:.",
+            fix=did_you_mean(dataset, list(datasets), 0.5) or "Define it under datasets:.",
         )
 
     load_entries = _merged(reader, defaults, entries, "load", LOAD_KEYS)

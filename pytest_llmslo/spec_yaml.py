@@ -9,7 +9,6 @@ reader that walks the nodes afterwards stays small and safe.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,8 @@ import yaml
 from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.tokens import ScalarToken
+
+from pytest_llmslo.kinds import VAR_NAME
 
 # a spec is a few levels deep (scenarios.x.load.extra_body.<a JSON schema>); PyYAML's composer
 # recurses three frames a level, so this also keeps far from Python's recursion limit
@@ -34,7 +35,6 @@ ALLOWED_TAGS = {
     for name in ("str", "int", "float", "bool", "null", "seq", "map")
 }
 _BREAKS = "\0 \t\r\n\x85\u2028\u2029"
-VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass

@@ -1,28 +1,17 @@
-"""Server-sent events: split a received body into events, each stamped with its arrival time.
+"""Server-sent events: split a received body into events, each with the offset where it ends.
 
 The load engine keeps the raw bytes of every socket read with the time it arrived and parses
 them only after the response has ended, so the per-read work on the hot path is a timestamp and
-an append. An event's arrival time is the time of the read that completed it (the read carrying
-its terminating blank line).
+an append. The decoder (`decode.py`) stamps each event with the time of the read that completed
+it (the read carrying its terminating blank line), found from the event's end offset.
 """
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
-
-
-@dataclass(frozen=True, slots=True)
-class SseEvent:
-    """One dispatched event: its ``data`` lines joined with newlines, and when it arrived."""
-
-    data: bytes
-    at: float
-    event: str = ""  # the `event:` field; empty for the default "message"
 
 
 def iter_events(body: bytes) -> Iterator[tuple[int, bytes, str]]:
@@ -95,34 +84,3 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
     if sep and value.startswith(b" "):
         value = value[1:]
     return field, value
-
-
-def parse_events(pieces: Sequence[bytes], times: Sequence[float]) -> list[SseEvent]:
-    """Events in the concatenation of ``pieces``, each stamped with the time of its last piece.
-
-    ``times[i]`` is when ``pieces[i]`` arrived; pieces may split events anywhere (even inside a
-    CRLF) or hold several events.
-    """
-    if len(pieces) != len(times):
-        raise ValueError(f"{len(pieces)} pieces but {len(times)} arrival times")
-    ends: list[int] = []
-    total = 0
-    for piece in pieces:
-        total += len(piece)
-        ends.append(total)
-    body = b"".join(pieces)
-    events = []
-    for end, data, name in iter_events(body):
-        events.append(SseEvent(data, times[_piece_at(ends, end)], name))
-    return events
-
-
-def arrival_of(ends: Sequence[int], times: Sequence[float], offset: int) -> float:
-    """When the byte just before ``offset`` arrived, given cumulative piece ``ends``."""
-    return times[_piece_at(ends, offset)]
-
-
-def _piece_at(ends: Sequence[int], offset: int) -> int:
-    # the first piece whose end reaches the offset holds the event's last byte
-    index = bisect_left(ends, offset)
-    return min(index, len(ends) - 1)

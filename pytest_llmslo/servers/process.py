@@ -248,10 +248,6 @@ class ManagedServer:
     def endpoint(self) -> Endpoint | None:
         return self._endpoint
 
-    @property
-    def command_line(self) -> list[str]:
-        return list(self._command)
-
     def api_key(self) -> str | None:
         return api_key_from_env(self.config)
 

@@ -1,5 +1,19 @@
 """Server telemetry: GPU memory (NVML or nvidia-smi), host RSS and Prometheus /metrics."""
 
+from typing import TYPE_CHECKING, Any
+
+from pytest_llmslo.telemetry.analysis import (
+    NOT_SERVED,
+    GpuMemory,
+    LoadWindow,
+    PhaseFigures,
+    Samples,
+    Series,
+    ServerMetrics,
+    TelemetryReport,
+    peak_between,
+    phase_figures,
+)
 from pytest_llmslo.telemetry.gpu import (
     GpuDevice,
     GpuProbe,
@@ -9,20 +23,11 @@ from pytest_llmslo.telemetry.gpu import (
     parse_smi_apps,
     parse_smi_gpus,
 )
-from pytest_llmslo.telemetry.host import process_tree, tree_rss
+from pytest_llmslo.telemetry.host import tree_rss
 from pytest_llmslo.telemetry.prometheus import parse_prometheus, parse_samples
-from pytest_llmslo.telemetry.sampler import (
-    NOT_SERVED,
-    GpuMemory,
-    LoadWindow,
-    PhaseFigures,
-    Series,
-    ServerMetrics,
-    Telemetry,
-    TelemetryReport,
-    peak_between,
-    phase_figures,
-)
+
+if TYPE_CHECKING:
+    from pytest_llmslo.telemetry.sampler import Telemetry
 
 __all__ = [
     "NOT_SERVED",
@@ -33,6 +38,7 @@ __all__ = [
     "NvidiaSmiProbe",
     "NvmlProbe",
     "PhaseFigures",
+    "Samples",
     "Series",
     "ServerMetrics",
     "Telemetry",
@@ -44,6 +50,15 @@ __all__ = [
     "parse_smi_gpus",
     "peak_between",
     "phase_figures",
-    "process_tree",
     "tree_rss",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the sampler scrapes /metrics with httpx: loaded when a server is sampled, not when a
+    # report reads figures
+    if name == "Telemetry":
+        from pytest_llmslo.telemetry.sampler import Telemetry
+
+        return Telemetry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,164 +1,60 @@
-"""Background sampling of one server's memory and /metrics, reported by phase and load window."""
+"""Background sampling of one server's memory and /metrics: the threads, their locks, the marks.
+
+What the threads collect is reported by the pure functions of ``analysis.py`` (phases, load
+windows, /metrics gauges and deltas); this module owns only collecting it safely.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from pytest_llmslo.netpolicy import bounded_get, probe_client
+from pytest_llmslo.telemetry import analysis
 from pytest_llmslo.telemetry import prometheus as prom
+from pytest_llmslo.telemetry.analysis import (
+    MIN_GAUGE_SCRAPES,
+    NOT_SERVED,
+    GpuMemory,
+    LoadWindow,
+    PhaseFigures,
+    Samples,
+    Scrape,
+    Series,
+    ServerMetrics,
+    TelemetryReport,
+    peak_between,
+    phase_figures,
+)
 from pytest_llmslo.telemetry.gpu import GpuDevice, GpuProbe, open_gpu_probe
 from pytest_llmslo.telemetry.host import rss_unavailable_reason, tree_rss
 
-Series = tuple[tuple[float, int], ...]  # (time.monotonic(), bytes), in time order
+# the figures' types and functions stay importable from here, where callers found them first
+__all__ = [
+    "FIRST_SCRAPE_DELAY_S",
+    "MIN_GAUGE_SCRAPES",
+    "NOT_SERVED",
+    "GpuMemory",
+    "LoadWindow",
+    "PhaseFigures",
+    "Series",
+    "ServerMetrics",
+    "Telemetry",
+    "TelemetryReport",
+    "peak_between",
+    "phase_figures",
+]
 
-NOT_SERVED = "not served: the server has no /metrics endpoint (e.g. transformers serve)"
-# A max or mean of a /metrics gauge read from fewer in-window scrapes than this describes a
-# moment, not the load: such objectives are "not measurable" (docs/spec-reference.md says so).
-MIN_GAUGE_SCRAPES = 3
 # The first in-window scrape waits this long after the measured window opens (requests must be
 # in flight for a gauge to see them); later ones double the wait up to ``metrics_interval_s``,
 # so a short load still gets several scrapes and a long one costs the server little.
 FIRST_SCRAPE_DELAY_S = 0.25
-
-
-@dataclass(frozen=True)
-class GpuMemory:
-    """Bytes held by the server's process tree on one GPU, by phase.
-
-    ``startup_peak`` and ``load_peak`` are None when no sample fell in that phase; ``steady`` is the
-    last sample after the load ended (None until one is taken).
-    """
-
-    index: int
-    name: str
-    total_bytes: int
-    startup_peak: int | None
-    load_peak: int | None
-    steady: int | None
-    peak: int
-
-
-@dataclass(frozen=True)
-class ServerMetrics:
-    """What the server's own /metrics said during the measured part of a load.
-
-    Gauges (KV-cache usage as a fraction 0..1, requests running/waiting) come from ``scrapes``
-    taken inside the measured window (warmup excluded), the last one when the window closed;
-    counters are deltas between the snapshots taken when the measured requests started (after
-    warmup) and when the load ended. ``gauge_reason`` is set when there were fewer than
-    ``MIN_GAUGE_SCRAPES`` scrapes: the gauges' max and mean are then not measurable.
-    """
-
-    kv_cache_usage_max: float | None
-    kv_cache_usage_mean: float | None
-    requests_running_max: float | None
-    requests_waiting_max: float | None
-    preemptions: float | None
-    prompt_tokens: float | None
-    generation_tokens: float | None
-    raw_first: dict[str, float] = field(repr=False)  # every series of the first snapshot
-    raw_last: dict[str, float] = field(repr=False)
-    scrapes: int = 0
-    scrape_errors: int = 0
-    gauge_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class TelemetryReport:
-    """Memory and server statistics of a server lifetime, or of one load window on it."""
-
-    gpu: tuple[GpuMemory, ...]
-    gpu_unavailable_reason: str | None
-    gpu_source: str | None  # "nvml" | "nvidia-smi"
-    host_rss_peak: int | None
-    host_rss_startup_peak: int | None
-    host_rss_load_peak: int | None
-    server_metrics: ServerMetrics | None
-    server_metrics_reason: str | None
-    samples: int
-    interval_s: float
-    host_rss_steady: int | None = None
-    host_rss_reason: str | None = None
-    window: tuple[float, float | None] | None = None  # the load window covered; None: all of them
-
-    @property
-    def gpu_peak_total(self) -> int | None:
-        """Sum over GPUs of each one's peak; None when no GPU was measured."""
-        return sum(g.peak for g in self.gpu) if self.gpu else None
-
-
-@dataclass(frozen=True)
-class LoadWindow:
-    """One stretch of load on the server, with its /metrics snapshots ({} when not scraped).
-
-    ``measured_start`` is when the measured requests began (after warmup; None until then, or
-    when the load engine does not say): /metrics gauges and counters cover only
-    [measured_start, end], memory covers the whole window.
-    """
-
-    index: int
-    start: float
-    end: float | None
-    counters_start: dict[str, float] = field(default_factory=dict)
-    counters_end: dict[str, float] = field(default_factory=dict)
-    measured_start: float | None = None
-
-    @property
-    def metrics_start(self) -> float:
-        return self.measured_start if self.measured_start is not None else self.start
-
-
-@dataclass(frozen=True)
-class PhaseFigures:
-    startup_peak: int | None
-    load_peak: int | None
-    steady: int | None
-    peak: int | None
-
-
-@dataclass(frozen=True)
-class _Scrape:
-    at: float
-    values: dict[str, float]
-    kv_cache_usage: float | None  # largest over engines: a sum of ratios means nothing
-
-
-def peak_between(series: Series, start: float, end: float) -> int | None:
-    """Largest value sampled in [start, end], or None when no sample fell there."""
-    values = [v for t, v in series if start <= t <= end]
-    return max(values) if values else None
-
-
-def phase_figures(
-    series: Series,
-    *,
-    startup_end: float | None,
-    load: Sequence[tuple[float, float]],
-    steady: tuple[float, float] | None,
-    until: float,
-) -> PhaseFigures:
-    """Peaks of ``series`` by phase: start-up (before ``startup_end``), load spans, steady.
-
-    ``steady`` is the last value sampled in the (start, end] span after load, the level the
-    server settled at; ``peak`` covers every sample up to ``until``.
-    """
-    startup = [v for t, v in series if (startup_end is None or t < startup_end) and t <= until]
-    loaded = [p for s, e in load if (p := peak_between(series, s, e)) is not None]
-    settled = [v for t, v in series if steady is not None and steady[0] < t <= steady[1]]
-    everything = [v for t, v in series if t <= until]
-    return PhaseFigures(
-        startup_peak=max(startup) if startup else None,
-        load_peak=max(loaded) if loaded else None,
-        steady=settled[-1] if settled else None,
-        peak=max(everything) if everything else None,
-    )
 
 
 class Telemetry:
@@ -230,7 +126,7 @@ class Telemetry:
         self._gpu_reason: str | None = None
         self._gpu_error: str | None = None
         self._windows: list[LoadWindow] = []
-        self._scrapes: list[_Scrape] = []
+        self._scrapes: list[Scrape] = []
         self._scrape_errors = 0
         # bumped when a window or its measured part opens: the scraper restarts its schedule
         self._scrape_epoch = 0
@@ -349,18 +245,8 @@ class Telemetry:
             self._report = self.report()
         except Exception as exc:  # a broken telemetry must not fail the measured run
             reason = f"telemetry failed: {type(exc).__name__}: {exc}"
-            self._report = TelemetryReport(
-                gpu=(),
-                gpu_unavailable_reason=reason,
-                gpu_source=None,
-                host_rss_peak=None,
-                host_rss_startup_peak=None,
-                host_rss_load_peak=None,
-                server_metrics=None,
-                server_metrics_reason=reason,
-                samples=len(self._ticks),
-                interval_s=self._interval_s,
-                host_rss_reason=reason,
+            self._report = analysis.failed_report(
+                reason, samples=len(self._ticks), interval_s=self._interval_s
             )
         return self._report
 
@@ -389,175 +275,42 @@ class Telemetry:
 
     def report(self) -> TelemetryReport:
         """The whole lifetime so far: start-up, every load window, steady after the last one."""
-        now = self._now()
-        windows = self.windows
-        load = [(w.start, w.end if w.end is not None else now) for w in windows]
-        last_end = windows[-1].end if windows else None
-        steady = (last_end, now) if last_end is not None else None
-        return self._build(windows, load, steady, now, window=None)
+        return analysis.lifetime_report(self.collected(), self._now())
 
     def window_report(self, window: LoadWindow | None = None) -> TelemetryReport:
         """One load window (default: the latest): its load peak, the steady level after it."""
-        windows = self.windows
-        if not windows:
+        samples = self.collected()
+        if not samples.windows:
             raise RuntimeError("Telemetry.window_report(): no load window was marked")
-        current = windows[-1] if window is None else windows[window.index]
-        now = self._now()
-        end = current.end if current.end is not None else now
-        following = windows[current.index + 1].start if current.index + 1 < len(windows) else now
-        steady = (end, following) if current.end is not None else None
-        until = following if current.end is not None else now
-        return self._build(
-            (current,), [(current.start, end)], steady, until, window=(current.start, current.end)
-        )
+        index = len(samples.windows) - 1 if window is None else window.index
+        return analysis.window_report(samples, index, self._now())
+
+    def collected(self) -> Samples:
+        """A copy of everything sampled and scraped so far, for the pure reports."""
+        with self._lock:
+            return Samples(
+                interval_s=self._interval_s,
+                ticks=tuple(self._ticks),
+                rss=tuple(self._rss),
+                rss_reason=self._rss_reason,
+                gpu={index: tuple(series) for index, series in self._gpu.items()},
+                gpu_devices=self._gpu_devices,
+                gpu_source=self._gpu_source,
+                gpu_reason=self._gpu_reason,
+                gpu_error=self._gpu_error,
+                not_ours=self._not_ours,
+                windows=tuple(self._windows),
+                metrics_url=self._metrics_url,
+                metrics_reason=self._metrics_reason,
+                scrapes=tuple(self._scrapes),
+                scrape_errors=self._scrape_errors,
+                scrape_error=self._scrape_error,
+            )
 
     # -- internals -------------------------------------------------------------------------
 
     def _now(self) -> float:
         return self._stopped_at if self._stopped_at is not None else time.monotonic()
-
-    def _build(
-        self,
-        windows: Sequence[LoadWindow],
-        load: Sequence[tuple[float, float]],
-        steady: tuple[float, float] | None,
-        until: float,
-        *,
-        window: tuple[float, float | None] | None,
-    ) -> TelemetryReport:
-        all_windows = self.windows
-        startup_end = all_windows[0].start if all_windows else None
-        with self._lock:
-            rss = tuple(self._rss)
-            gpu_series = {i: tuple(s) for i, s in self._gpu.items()}
-            ticks = sum(1 for t in self._ticks if t <= until)
-            devices = self._gpu_devices
-
-        def figures(series: Series) -> PhaseFigures:
-            return phase_figures(
-                series, startup_end=startup_end, load=load, steady=steady, until=until
-            )
-
-        host = figures(rss)
-        host_reason = self._not_ours or self._rss_reason
-        if host_reason is None and host.peak is None:
-            host_reason = (
-                "no host memory sample taken (no process of the server's tree was readable)"
-            )
-
-        gpus = []
-        for device in devices:
-            gpu = figures(gpu_series.get(device.index, ()))
-            if gpu.peak:  # a GPU the server never used is left out rather than shown as zeros
-                gpus.append(
-                    GpuMemory(
-                        index=device.index,
-                        name=device.name,
-                        total_bytes=device.total_bytes,
-                        startup_peak=gpu.startup_peak,
-                        load_peak=gpu.load_peak,
-                        steady=gpu.steady,
-                        peak=gpu.peak,
-                    )
-                )
-        gpu_reason = None if gpus else self._not_ours or self._gpu_unavailable(gpu_series, devices)
-
-        metrics, metrics_reason = self._server_metrics(windows)
-        return TelemetryReport(
-            gpu=tuple(gpus),
-            gpu_unavailable_reason=gpu_reason,
-            gpu_source=self._gpu_source,
-            host_rss_peak=host.peak,
-            host_rss_startup_peak=host.startup_peak,
-            host_rss_load_peak=host.load_peak,
-            host_rss_steady=host.steady,
-            host_rss_reason=host_reason,
-            server_metrics=metrics,
-            server_metrics_reason=metrics_reason,
-            samples=ticks,
-            interval_s=self._interval_s,
-            window=window,
-        )
-
-    def _gpu_unavailable(self, series: dict[int, Series], devices: tuple[GpuDevice, ...]) -> str:
-        if self._gpu_reason is not None:
-            return self._gpu_reason
-        if self._gpu_source is None:
-            return "GPU not sampled yet (telemetry stopped before its first sample)"
-        if not any(series.values()):
-            return f"every GPU read failed ({self._gpu_source}: {self._gpu_error})"
-        return (
-            f"the server's processes held no memory on any of {len(devices)} GPU(s) "
-            f"({self._gpu_source}; a server in a container with its own PID namespace "
-            "is not matched)"
-        )
-
-    def _server_metrics(
-        self, windows: Sequence[LoadWindow]
-    ) -> tuple[ServerMetrics | None, str | None]:
-        if self._metrics_url is None:
-            return None, self._metrics_reason
-        if not windows:
-            return None, "no load window was marked, so /metrics was not scraped"
-        with self._lock:
-            scrapes = [
-                s
-                for s in self._scrapes
-                if any(
-                    w.metrics_start <= s.at <= (w.end if w.end is not None else s.at)
-                    for w in windows
-                )
-            ]
-            errors = self._scrape_errors
-            error = self._scrape_error
-        if not scrapes and not any(w.counters_start or w.counters_end for w in windows):
-            return None, f"could not scrape {self._metrics_url}: {error or 'no scrape taken'}"
-
-        def gauge(names: Sequence[str]) -> list[float]:
-            return [v for s in scrapes if (v := prom.lookup(s.values, names)) is not None]
-
-        kv = [s.kv_cache_usage for s in scrapes if s.kv_cache_usage is not None]
-        running = gauge(prom.REQUESTS_RUNNING)
-        waiting = gauge(prom.REQUESTS_WAITING)
-
-        def delta(names: Sequence[str]) -> float | None:
-            total = None
-            for w in windows:
-                end = w.end if w.end is not None else float("inf")
-                inside = [s.values for s in scrapes if w.metrics_start <= s.at <= end]
-                first = w.counters_start or (inside[0] if inside else {})
-                last = w.counters_end or (inside[-1] if inside else {})
-                before, after = prom.lookup(first, names), prom.lookup(last, names)
-                if before is not None and after is not None:
-                    total = (total or 0.0) + after - before
-            return total
-
-        raw_first = windows[0].counters_start or (scrapes[0].values if scrapes else {})
-        raw_last = windows[-1].counters_end or (scrapes[-1].values if scrapes else {})
-        gauge_reason = None
-        if len(scrapes) < MIN_GAUGE_SCRAPES:
-            gauge_reason = (
-                f"only {len(scrapes)} scrape(s) of /metrics fell inside the measured window "
-                f"(at least {MIN_GAUGE_SCRAPES} are needed for a max or mean): run the load "
-                "longer (more requests or a duration)"
-            )
-        return (
-            ServerMetrics(
-                kv_cache_usage_max=max(kv) if kv else None,
-                kv_cache_usage_mean=sum(kv) / len(kv) if kv else None,
-                requests_running_max=max(running) if running else None,
-                requests_waiting_max=max(waiting) if waiting else None,
-                preemptions=delta(prom.PREEMPTIONS),
-                prompt_tokens=delta(prom.PROMPT_TOKENS),
-                generation_tokens=delta(prom.GENERATION_TOKENS),
-                raw_first=dict(raw_first),
-                raw_last=dict(raw_last),
-                scrapes=len(scrapes),
-                scrape_errors=errors,
-                gauge_reason=gauge_reason,
-            ),
-            None,
-        )
 
     def _safe_pids(self) -> list[int]:
         try:
@@ -586,7 +339,9 @@ class Telemetry:
                 began = time.monotonic()
                 if began >= next_pids:
                     pids = self._safe_pids()
-                    next_pids = began + self._pids_refresh_s
+                    # no process yet (the server is being launched): look again next tick, or
+                    # a server that starts and serves within a second is never sampled
+                    next_pids = began + (self._pids_refresh_s if pids else 0.0)
                 if pids:
                     read_gpu = began >= next_gpu
                     self._tick(pids, probe if read_gpu else None)
@@ -643,7 +398,7 @@ class Telemetry:
             delay = min(delay * 2, self._metrics_interval_s)
             due = time.monotonic() + delay
 
-    def _scrape(self) -> _Scrape | None:
+    def _scrape(self) -> Scrape | None:
         """One /metrics read; failures are counted and remembered, never raised."""
         if self._client is None or self._metrics_url is None:
             return None
@@ -664,7 +419,4 @@ class Telemetry:
                 self._scrape_errors += 1
                 self._scrape_error = f"{type(exc).__name__}: {exc}"
             return None
-        values: dict[str, float] = {}
-        for sample in samples:
-            values[sample.name] = values.get(sample.name, 0.0) + sample.value
-        return _Scrape(at, values, prom.max_over_labels(samples, prom.KV_CACHE_USAGE))
+        return analysis.scrape_of(samples, at)

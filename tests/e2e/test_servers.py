@@ -125,15 +125,14 @@ def test_bad_model_path_fails_with_log_tail(
     missing = tmp_path / "no-such-model"
     make: ConfigFactory = request.getfixturevalue(f"tiny_{backend}_config")
     server = make_server(make(missing, name=f"{backend}-bad-path"), log_dir=tmp_path)
-    started = time.monotonic()
     with pytest.raises(ServerStartError) as info:
         server.start()
-    elapsed = time.monotonic() - started
     message = str(info.value)
+    # the exit ended the start, not the startup_timeout ("not ready after ... s")
     assert "before it was ready" in message and "exited with code" in message
+    assert "not ready after" not in message
     assert "last lines of the server log" in message
     assert str(missing) in message.split("last lines of the server log", 1)[1]
-    assert elapsed < 180, f"took {elapsed:.0f} s"
     assert server.pids() == []
 
 
@@ -175,10 +174,11 @@ def test_busy_port_is_refused(
         port = sock.getsockname()[1]
         for make in (tiny_vllm_config, tiny_hf_config):
             server = make_server(make(tiny_model_dir, port=port), log_dir=tmp_path)
-            started = time.monotonic()
             with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is already in use"):
                 server.start()
-            assert time.monotonic() - started < 1.0
+            # refused before anything was launched: no process, no log
+            assert server.pids() == []
+            assert not list(tmp_path.iterdir())
 
 
 INTERRUPTED_RUN = textwrap.dedent(

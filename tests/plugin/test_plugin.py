@@ -250,10 +250,10 @@ scenarios:
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(
         [
-            "*startup_time: not measurable: startup_time is not measurable on server 'vllm' "
-            "(--slo-server-url): this run did not start that server*",
-            "*host_memory_peak: not measurable*",
-            "*gpu_memory_peak: not measurable*",
+            "*startup_time = not measurable: server 'vllm' (--slo-server-url) was not started "
+            "by this run*",
+            "*host_memory_peak = not measurable*",
+            "*gpu_memory_peak = not measurable*",
         ]
     )
     data = json.loads((pytester.path / "llmslo-results" / "results.json").read_text())
@@ -297,6 +297,60 @@ def test_hand_written_test_with_fixtures_and_marker(
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*AssertionError: ttft_p95 = * ms, objective <= 0.001 ms*"])
+
+
+def test_hand_written_runs_appear_in_report_md_results_json_and_junit(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    pytester.makepyfile(f"""
+        import pytest
+        from pytest_llmslo import Endpoint
+
+        ENDPOINT = Endpoint({env.base_url!r}, "timing", "external")
+
+        @pytest.mark.slo(ttft_p95="<= 2 s")
+        def test_marked(llmslo_run, llmslo_assert):
+            llmslo_assert(llmslo_run(ENDPOINT, ["hi"], {{"parallel": 2, "requests": 4}}))
+
+        def test_asserted_twice(llmslo_run, llmslo_assert):
+            first = llmslo_run(ENDPOINT, ["hi"], {{"parallel": 1, "requests": 2}})
+            second = llmslo_run(ENDPOINT, ["hi"], {{"parallel": 1, "requests": 3}})
+            llmslo_assert(first, {{"failure_rate": "<= 0%"}})
+            llmslo_assert(second, {{"ttft_p95": "<= 0.001 ms"}})
+    """)
+    result = pytester.runpytest("--junitxml=out.xml")
+    result.assert_outcomes(passed=1, failed=1)
+    results = pytester.path / "llmslo-results"
+    data = json.loads((results / "results.json").read_text())
+    runs = {(s["scenario"], s["server"]): s for s in data["scenarios"]}
+    assert list(runs) == [
+        ("test_marked", "external"),
+        ("test_asserted_twice", "external"),
+        ("test_asserted_twice-2", "external"),
+    ]
+    marked = runs["test_marked", "external"]
+    assert marked["spec"].endswith(
+        "test_hand_written_runs_appear_in_report_md_results_json_and_junit.py::test_marked"
+    )
+    assert marked["status"] == "PASS" and marked["summary"]["succeeded"] == 4
+    assert [v["metric"] for v in marked["verdicts"]] == ["ttft_p95"]
+    # each run reports the objectives its test asserted
+    assert runs["test_asserted_twice", "external"]["status"] == "PASS"
+    missed = runs["test_asserted_twice-2", "external"]
+    assert missed["status"] == "FAIL" and missed["verdicts"][0]["objective"] == "<= 0.001 ms"
+    report = (results / "report.md").read_text()
+    assert "### test_marked[external] — PASS" in report
+    assert "### test_asserted_twice-2[external] — FAIL" in report
+    assert len((results / "requests.jsonl").read_text().splitlines()) == 4 + 2 + 3
+    result.stdout.fnmatch_lines(["*llmslo report*", "*scenarios: 2 of 3 passed every objective*"])
+
+    root = ET.parse(pytester.path / "out.xml").getroot()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    marked_props = [(p.get("name"), p.get("value")) for p in cases["test_marked"].iter("property")]
+    assert ("slo_objective", "<= 2 s") in marked_props and ("slo_passed", "true") in marked_props
+    assert any(n == "slo_report" and "test_marked[external]" in (v or "") for n, v in marked_props)
+    twice = [(p.get("name"), p.get("value")) for p in cases["test_asserted_twice"].iter("property")]
+    assert [v for n, v in twice if n == "slo_passed"] == ["true", "false"]
 
 
 def test_no_slo_options_leaves_normal_runs_alone(pytester: pytest.Pytester) -> None:

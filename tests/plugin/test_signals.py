@@ -29,7 +29,7 @@ CONFTEST = '''
 import json, os, sys
 from pathlib import Path
 
-import pytest_llmslo.session
+import pytest_llmslo.runner
 from pytest_llmslo.servers.process import ManagedServer
 
 HERE = str(Path.cwd())
@@ -55,7 +55,7 @@ class Instrument(ManagedServer):
         return [sys.executable, "-c", ROOT, str(port), HERE]
 
 
-pytest_llmslo.session.make_server = lambda config, log_dir: Instrument(config, log_dir=log_dir)
+pytest_llmslo.runner.make_server = lambda config, log_dir: Instrument(config, log_dir=log_dir)
 '''
 
 SPEC = """
@@ -137,9 +137,9 @@ def run(pytester: pytest.Pytester) -> Iterator[Callable[..., Run]]:
         started.cleanup()
 
 
-def report_files(results: Path) -> tuple[dict[str, Any], list[str]]:
+def report_files(results: Path, run: str = "endless[svc]") -> tuple[dict[str, Any], list[str]]:
     """results.json and the lines of requests.jsonl, after checking report.md is there too."""
-    assert "endless[svc]" in (results / "report.md").read_text()
+    assert run in (results / "report.md").read_text()
     data = json.loads((results / "results.json").read_text())
     return data, (results / "requests.jsonl").read_text().splitlines()
 
@@ -232,3 +232,9 @@ def test_a_signal_during_a_hand_written_run_ends_the_session(
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode()
     assert not (pytester.path / "went-on-after-the-run").exists()
     assert not (pytester.path / "went-on-to-the-next-test").exists()
+    # the part of the run that was measured is reported, as a spec scenario's would be
+    data, requests = report_files(pytester.path / "llmslo-results", "test_a_long_run[external]")
+    [run] = data["scenarios"]
+    assert (run["scenario"], run["server"]) == ("test_a_long_run", "external")
+    assert run["interrupted"] == "SIGTERM" and run["status"] == "FAIL"
+    assert run["summary"]["succeeded"] > 0 and requests

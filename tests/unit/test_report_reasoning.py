@@ -8,7 +8,7 @@ from pytest_llmslo.config import LoadConfig, ServerConfig
 from pytest_llmslo.metrics import summarize
 from pytest_llmslo.records import RequestRecord
 from pytest_llmslo.report import scenario_section
-from pytest_llmslo.session import ScenarioResult
+from pytest_llmslo.result import ScenarioResult
 from pytest_llmslo.spec import Scenario
 
 
@@ -49,10 +49,10 @@ def section(records: list[RequestRecord]) -> str:
         scenario=scenario,
         server=ServerConfig(name="svc", backend="external", base_url="http://h:1"),
         endpoint=None,
-        records=records,
+        summary=summarize(records, percentiles=(50,)),
+        records=tuple(records),
         error=None,
     )
-    res.summary = summarize(records, percentiles=(50,))
     return scenario_section(res)
 
 

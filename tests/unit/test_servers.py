@@ -296,14 +296,14 @@ def test_process_that_exits_during_start_fails_fast_with_log_tail(tmp_path: Path
     server = ScriptServer(
         dummy_config(name="crashy", startup_timeout=60), log_dir=tmp_path, script=script
     )
-    started = time.monotonic()
     with pytest.raises(ServerStartError) as info:
         server.start()
-    elapsed = time.monotonic() - started
     message = str(info.value)
-    assert elapsed < 2.0, f"took {elapsed:.1f} s to notice the exit"
     assert "server 'crashy'" in message
+    # the exit ended the start, not the 60 s startup_timeout ("not ready after 60 s"); how soon
+    # it is noticed is measured by bench/timing_accuracy.py
     assert "exited with code 3 before it was ready" in message
+    assert "not ready after" not in message
     assert "error: unknown flag --frobnicate" in message
     assert f"command: {sys.executable} -c" in message
     assert not server.is_alive()
@@ -362,9 +362,9 @@ def test_stop_kills_what_ignores_sigterm(tmp_path: Path) -> None:
         tree = snapshot(wait_for_tree(server, 4))
         assert len(tree) == 4
     finally:
-        started = time.monotonic()
         server.stop()
-    assert time.monotonic() - started < 5.0
+    # the root and one child ignore SIGTERM: all gone means the SIGKILL after stop_timeout came
+    # (how long the stop took is measured by bench/timing_accuracy.py)
     assert_all_gone(tree)
 
 

@@ -18,7 +18,9 @@ from pytest_llmslo.config import ServerConfig
 from pytest_llmslo.environment import collect_run_info
 from pytest_llmslo.records import Endpoint
 from pytest_llmslo.report import failure_text, render_markdown, results_json
-from pytest_llmslo.session import NOT_OURS, ScenarioResult, SloSession, tokenizer_for
+from pytest_llmslo.result import ScenarioResult
+from pytest_llmslo.runner import NOT_OURS
+from pytest_llmslo.session import SloSession, tokenizer_for
 from pytest_llmslo.spec import load_spec
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
 

@@ -5,13 +5,36 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Mapping
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
-from pytest_llmslo.spec import DEFAULT_PERCENTILES, Spec, SpecError, load_spec
+from pytest_llmslo.handtests import run_workload
+from pytest_llmslo.kinds import keys_of
+from pytest_llmslo.records import Endpoint
+from pytest_llmslo.schema import (
+    DATASET_KEYS,
+    LOAD_KEYS,
+    SERVER_KEYS,
+    dataset_config,
+    load_config,
+    server_config,
+)
+from pytest_llmslo.schema_docs import drift, key_table
+from pytest_llmslo.spec import (
+    DEFAULT_PERCENTILES,
+    DEFAULTS_KEYS,
+    SCENARIO_KEYS,
+    TOP_KEYS,
+    Spec,
+    SpecError,
+    load_spec,
+)
 from pytest_llmslo.spec_yaml import substitute
+from pytest_llmslo.values import ConfigError
 
 BASE = """\
 servers:
@@ -949,3 +972,210 @@ def test_server_names_must_survive_in_test_ids(name: str) -> None:
 
 def test_where_each_dataset_is_defined_is_kept() -> None:
     assert load(BASE).dataset_lines == {"rand": 4}
+
+
+# --- one schema: the Python API checks what a spec checks ---------------------------------------
+
+# (key, the value in Python, the same value written in YAML)
+SAME_IN_PYTHON_AND_YAML: list[tuple[str, object, str]] = [
+    ("parallel", 10**6, "1000000"),
+    ("parallel", "ten", "ten"),
+    ("parallel", "4", "'4'"),
+    ("parallel", 1.5, "1.5"),
+    ("parallel", True, "true"),
+    ("parallel", None, "null"),
+    ("rate", float("inf"), ".inf"),
+    ("rate", 20000, "20000"),
+    ("rate", "1e5 req/s", "1e5 req/s"),
+    ("rate", "5 tok/s", "5 tok/s"),
+    ("rate", 0, "0"),
+    ("burstiness", float("inf"), ".inf"),
+    ("duration", "5", '"5"'),
+    ("duration", "5 GiB", "5 GiB"),
+    ("duration", [5], "[5]"),
+    ("top_p", 2, "2"),
+    ("api", "responses", "responses"),
+    ("arrival", "burst", "burst"),
+    ("stream", "yes", "'yes'"),
+    ("warmup", -1, "-1"),
+    ("max_tokens", 0, "0"),
+    ("stop", [["a"]], "[[a]]"),
+    ("stop", {"a": 1}, "{a: 1}"),
+    ("headers", ["a"], "[a]"),
+    ("headers", {"X-Note": "a\nInjected: 1"}, '{X-Note: "a\\nInjected: 1"}'),
+    ("headers", {"X Note": "a"}, "{X Note: a}"),
+    ("headers", {"content-length": "3"}, "{content-length: 3}"),
+    ("headers", {"X-Note": "你好"}, "{X-Note: 你好}"),
+    ("headers", {"X-On": True}, "{X-On: true}"),
+    ("extra_body", {"penalty": float("inf")}, "{penalty: .inf}"),
+    ("extra_body", {"a": [1, float("nan")]}, "{a: [1, .nan]}"),
+    ("extra_body", [1], "[1]"),
+    ("max_response_bytes", "8 tok/s", "8 tok/s"),
+    ("max_response_bytes", 0, "0"),
+    ("max_consecutive_timeouts", 0, "0"),
+    ("failure_budget", 0.5, "0.5"),
+    ("failure_budget", "0%", "0%"),
+    ("temprature", 0, "0"),
+]
+
+
+@pytest.mark.parametrize(("key", "python", "yaml"), SAME_IN_PYTHON_AND_YAML)
+def test_a_python_load_mapping_gets_the_checks_and_messages_of_a_spec_load(
+    key: str, python: object, yaml: str
+) -> None:
+    shape = {} if key in ("parallel", "rate") else {"parallel": 1}
+    with pytest.raises(ConfigError) as excinfo:
+        load_config({**shape, "requests": 2, key: python})
+    in_python = excinfo.value
+    written = "{requests: 2" + ("" if not shape else ", parallel: 1") + f", {key}: {yaml}}}"
+    in_spec = error(BASE.replace("{parallel: 1, requests: 2}", written))
+
+    assert (in_python.message, in_python.fix, in_python.choices) == (
+        in_spec.message,
+        in_spec.fix,
+        in_spec.choices,
+    )
+    assert in_spec.key == f"scenarios.s.load.{in_python.key}"
+    # "where" is the argument instead of file:line
+    assert str(in_python).startswith(f"run_workload(load=...): {in_python.key}: ")
+    assert str(in_spec).startswith(f"spec.yaml:8: {in_spec.key}: ")
+    assert str(in_python).removeprefix("run_workload(load=...): ") == str(in_spec).removeprefix(
+        "spec.yaml:8: scenarios.s.load."
+    )
+
+
+def test_a_python_load_mapping_takes_the_values_a_spec_writes() -> None:
+    config = load_config(
+        {
+            "rate": "5 req/s",
+            "parallel": 8,
+            "duration": "30 s",
+            "requests": 100,
+            "max_response_bytes": "8 MiB",
+            "failure_budget": "10%",
+            "stop": "END",
+            "headers": {"X-N": 3},
+            "max_tokens": None,
+        }
+    )
+    assert config.failure_budget == pytest.approx(0.1)
+    assert replace(config, failure_budget=None) == LoadConfig(
+        rate=5.0,
+        parallel=8,
+        duration=30.0,
+        requests=100,
+        max_response_bytes=8 * 2**20,
+        stop=("END",),
+        headers={"X-N": "3"},
+        max_tokens=None,
+    )
+    assert load_config({"parallel": 2, "requests": 3, "stop": ("a", "b")}).stop == ("a", "b")
+
+
+def test_a_python_load_mapping_needs_a_shape_as_a_spec_load_does() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config({"requests": 2}, where="my_bench(load=...)")
+    assert str(excinfo.value) == (
+        "my_bench(load=...): needs 'parallel' (concurrent users) or 'rate' (requests per "
+        "second). Add e.g. parallel: 10."
+    )
+
+
+@pytest.mark.parametrize(
+    ("load", "fragment"),
+    [
+        ({"extra_body": {"ids": {1, 2}}}, "extra_body.ids: set cannot be sent: JSON holds"),
+        ({1: 2}, "key 1 is not a string"),
+        ([("parallel", 1)], "expected a mapping of keys, got a list"),
+    ],
+)
+def test_python_values_a_spec_cannot_hold_are_refused_too(load: Any, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config(load)
+
+
+def test_run_workload_checks_its_load_before_sending_anything() -> None:
+    nowhere = Endpoint("http://127.0.0.1:9", "m", "external")  # nothing listens there
+    with pytest.raises(ConfigError) as excinfo:
+        run_workload(nowhere, ["hi"], {"rate": float("inf")})
+    assert str(excinfo.value) == (
+        "run_workload(load=...): rate: expected a finite number, got inf. "
+        "Write a number, e.g. rate: 1.0."
+    )
+    with pytest.raises(ConfigError, match="Did you mean 'parallel'"):
+        run_workload(nowhere, ["hi"], {"paralel": 2})
+
+
+def test_server_and_dataset_mappings_are_checked_like_spec_sections(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        server_config({"backend": "vllm", "model": "m", "port": 70000}, where="factory(...)")
+    assert str(excinfo.value) == "factory(...): port: must be at most 65535, got 70000."
+    with pytest.raises(ConfigError, match="missing required key 'base_url' for backend external"):
+        server_config({"backend": "external"})
+    assert server_config(
+        {"backend": "external", "base_url": "http://h:1/", "metrics": "auto"}, name="svc"
+    ) == ServerConfig(name="svc", backend="external", base_url="http://h:1")
+
+    with pytest.raises(ConfigError) as excinfo:
+        dataset_config({"format": "openqa", "path": "nope.jsonl"}, base_dir=tmp_path)
+    assert excinfo.value.message == f"dataset file {str(tmp_path / 'nope.jsonl')!r} does not exist"
+    assert excinfo.value.fix == f"Relative paths are taken from {tmp_path}."
+    (tmp_path / "q.jsonl").write_text("{}\n", encoding="utf-8")
+    assert dataset_config(
+        {"format": "jsonl", "path": "q.jsonl", "field": "p"}, name="q", base_dir=tmp_path
+    ) == DatasetConfig(name="q", format="jsonl", path=str(tmp_path / "q.jsonl"), field="p")
+
+
+# --- one place to add a key: the reference follows the dataclasses --------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_config_field_but_the_name_is_a_spec_key() -> None:
+    # a field without its spec_key metadata could be neither written in a spec nor documented
+    for cls, keys in (
+        (ServerConfig, SERVER_KEYS),
+        (DatasetConfig, DATASET_KEYS),
+        (LoadConfig, LOAD_KEYS),
+    ):
+        assert [f.name for f in fields(cls) if f.name != "name"] == list(keys_of(cls))
+        assert list(keys) == list(keys_of(cls))
+
+
+def test_the_reference_key_tables_are_those_the_config_dataclasses_declare() -> None:
+    diff = drift(ROOT)
+    assert not diff, f"run python -m pytest_llmslo.schema_docs --write\n{diff}"
+
+
+def test_a_reference_table_row_holds_the_kind_default_and_meaning_of_its_key() -> None:
+    rows = key_table(LoadConfig).splitlines()
+    assert rows[0] == "| key | type | default | meaning |"
+    assert (
+        "| `parallel` | integer 1-10,000 | none | closed loop: this many concurrent users |" in rows
+    )
+    assert (
+        "| `arrival` | `poisson` \\| `constant` \\| `gamma` | `poisson` | "
+        "open-loop arrival schedule |" in rows
+    )
+    assert (
+        "| `stream` | boolean | `true` | stream the answer (needed for TTFT, TPOT, ITL) |" in rows
+    )
+
+
+def _documented_keys(heading: str) -> list[str]:
+    text = (ROOT / "docs" / "spec-reference.md").read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    table = section[section.index("| key |") :].split("\n\n")[0]
+    return [line.split("`")[1] for line in table.splitlines()[2:]]
+
+
+@pytest.mark.parametrize(
+    ("heading", "keys"),
+    [
+        ("## Top level", TOP_KEYS),
+        ("## `defaults`", DEFAULTS_KEYS),
+        ("## `scenarios.<name>`", SCENARIO_KEYS),
+    ],
+)
+def test_the_reference_lists_every_spec_level_key(heading: str, keys: tuple[str, ...]) -> None:
+    assert _documented_keys(heading) == list(keys)

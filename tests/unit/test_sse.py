@@ -1,261 +1,40 @@
-"""SSE splitting, HTTP chunked framing and the per-read timestamps that survive both."""
+"""SSE splitting: events out of a body, each with the offset where its blank line ends.
+
+The decoder stamps an event with the read that holds that offset (tests/unit/test_decode.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
-import random
-
-import pytest
-
-from pytest_llmslo import load
-from pytest_llmslo.config import LoadConfig
-from pytest_llmslo.http_client import Exchange
-from pytest_llmslo.records import ErrorCategory, Prompt, RequestRecord
-from pytest_llmslo.sse import SseEvent, iter_events, parse_events
+from pytest_llmslo.sse import iter_events
 
 
-def test_event_split_across_reads_gets_the_time_of_its_last_piece() -> None:
-    events = parse_events([b"data: hel", b"lo\n", b"\n"], [1.0, 2.0, 3.0])
-    assert events == [SseEvent(b"hello", 3.0)]
+def test_an_event_ends_where_its_blank_line_ends() -> None:
+    body = b"data: hel" + b"lo\n" + b"\n"
+    assert list(iter_events(body)) == [(len(body), b"hello", "")]
 
 
-def test_several_events_in_one_read_share_its_time() -> None:
-    events = parse_events([b"data: a\n\ndata: b\n\ndata: c"], [5.0])
-    assert [(e.data, e.at) for e in events] == [(b"a", 5.0), (b"b", 5.0), (b"c", 5.0)]
+def test_several_events_in_one_body_and_an_unterminated_last_one() -> None:
+    body = b"data: a\n\ndata: b\n\ndata: c"
+    # the last event's blank line never came: the server closed after it, so it ends the body
+    assert list(iter_events(body)) == [(9, b"a", ""), (18, b"b", ""), (25, b"c", "")]
 
 
 def test_done_comments_and_keepalives() -> None:
     body = b": keepalive\n\ndata: {}\n\n:ping\n\ndata: [DONE]\n\n"
-    assert [e.data for e in parse_events([body], [0.0])] == [b"{}", b"[DONE]"]
+    assert [data for _, data, _ in iter_events(body)] == [b"{}", b"[DONE]"]
 
 
-def test_crlf_and_cr_line_endings_even_split_inside_a_crlf() -> None:
+def test_crlf_and_cr_line_endings_and_a_crlf_split_between_reads() -> None:
     pieces = [b"data: a\r\n\r", b"\ndata: b\r\r", b"data: c\r\n", b"\r\n"]
-    events = parse_events(pieces, [1.0, 2.0, 3.0, 4.0])
-    assert [(e.data, e.at) for e in events] == [(b"a", 2.0), (b"b", 2.0), (b"c", 4.0)]
+    # `a` ends after the whole CRLF (offset 11, in the second read), not at its CR (offset 10)
+    assert list(iter_events(b"".join(pieces))) == [(11, b"a", ""), (20, b"b", ""), (31, b"c", "")]
 
 
 def test_multiline_data_event_name_and_field_without_space() -> None:
     body = b"event: delta\ndata: one\ndata:two\nid: 3\nretry: 10\n\n"
-    assert parse_events([body], [0.0]) == [SseEvent(b"one\ntwo", 0.0, "delta")]
+    assert list(iter_events(body)) == [(len(body), b"one\ntwo", "delta")]
 
 
 def test_blank_lines_alone_dispatch_nothing() -> None:
     assert list(iter_events(b"\n\n\n\n")) == []
     assert list(iter_events(b"\r\n\r\n")) == []
-
-
-def test_pieces_and_times_must_pair_up() -> None:
-    with pytest.raises(ValueError, match="2 pieces but 1 arrival times"):
-        parse_events([b"a", b"b"], [0.0])
-
-
-# -- chunked framing, decoded after the end --------------------------------------------------
-
-
-def _frame(payload: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(payload), payload)
-
-
-def _chunk(content: str | None = None, finish: str | None = None, **extra: object) -> bytes:
-    delta = {} if content is None else {"content": content}
-    chunk: dict[str, object] = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    chunk.update(extra)
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-
-
-HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-
-
-def _stream(events: list[bytes]) -> bytes:
-    return HEAD + b"".join(_frame(e) for e in events) + b"0\r\n\r\n"
-
-
-def _feed(raw: bytes, cuts: list[int]) -> Exchange:
-    loop = asyncio.new_event_loop()
-    try:
-        exchange = Exchange(loop.create_future(), 0.0)
-        bounds = [0, *sorted(cuts), len(raw)]
-        for i, (start, end) in enumerate(itertools.pairwise(bounds)):
-            if end > start:
-                exchange.feed(float(i + 1), raw[start:end])
-        assert exchange.finished, exchange.error
-        return exchange
-    finally:
-        loop.close()
-
-
-def _record(exchange: Exchange, api: str = "chat") -> RequestRecord:
-    base = {"index": 0, "prompt_index": 0, "warmup": False, "scheduled_at": None, "server": ""}
-    parser = load._record(base, exchange, LoadConfig(api=api), Prompt(index=0, text="q"))  # type: ignore[arg-type]
-    while True:
-        try:
-            next(parser)
-        except StopIteration as done:
-            record: RequestRecord = done.value
-            return record
-
-
-EVENTS = [
-    _chunk(""),
-    *(_chunk(f" t{i}") for i in range(5)),
-    _chunk(None, "length"),
-    b'data: {"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n',
-    b"data: [DONE]\n\n",
-]
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_any_split_of_a_chunked_stream_gives_the_same_record(seed: int) -> None:
-    raw = _stream(EVENTS)
-    rng = random.Random(seed)
-    cuts = rng.sample(range(1, len(raw)), rng.randint(1, 40))
-    record = _record(_feed(raw, cuts))
-    whole = _record(_feed(raw, []))
-    assert record.ok, record.error_message
-    assert record.output_text == whole.output_text == " t0 t1 t2 t3 t4"
-    assert (record.output_tokens, record.input_tokens, record.token_source) == (5, 3, "usage")
-    assert record.finish_reason == "length"
-    assert len(record.content_times) == 5
-    assert list(record.content_times) == sorted(record.content_times)
-    assert record.first_chunk_at is not None and record.first_content_at is not None
-    assert record.first_chunk_at <= record.first_content_at
-
-
-def test_times_belong_to_the_read_that_completed_each_event() -> None:
-    frames = [_frame(e) for e in EVENTS]
-    raw_events = HEAD + b"".join(frames) + b"0\r\n\r\n"
-    # one read per frame, the head with the first frame
-    cuts = []
-    pos = len(HEAD) + len(frames[0])
-    for frame in frames[1:]:
-        cuts.append(pos)
-        pos += len(frame)
-    record = _record(_feed(raw_events, cuts))
-    assert record.first_chunk_at == 1.0  # the role chunk came with the head
-    assert record.content_times == (2.0, 3.0, 4.0, 5.0, 6.0)
-
-
-def test_event_split_over_two_frames_is_still_one_event() -> None:
-    event = _chunk("split")
-    raw = HEAD + _frame(_chunk("")) + _frame(event[:30]) + _frame(event[30:]) + b"0\r\n\r\n"
-    record = _record(_feed(raw, [len(HEAD) + 40, len(raw) - 5]))  # last read: terminator
-    assert record.output_text == "split"
-    assert record.content_times == (2.0,)
-
-
-def test_chunk_extensions_and_trailers_are_accepted() -> None:
-    payload = _chunk("x")
-    raw = HEAD + b"%x;name=value\r\n%s\r\n" % (len(payload), payload) + b"0\r\nX-T: 1\r\n\r\n"
-    exchange = _feed(raw, [len(raw) - 3])
-    assert _record(exchange).output_text == "x"
-
-
-@pytest.mark.parametrize(
-    "content", ['he said "hi"', "back\\slash", "tab\tand\nnewline", "中文 ü", "", '}{"delta":']
-)
-def test_content_fast_path_agrees_with_the_json_decoder(content: str) -> None:
-    events = [_chunk(""), _chunk(content), _chunk(content, "stop")]
-    record = _record(_feed(_stream(events), []))
-    assert record.output_text == content * 2
-    assert record.finish_reason == "stop"
-
-
-def test_chunks_that_are_not_plain_content_take_the_decoder() -> None:
-    events = [
-        _chunk(""),
-        b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"},'
-        b'"finish_reason":null}]}\n\n',
-        b'data: {"choices":[{"index":0,"delta":{"content":"a","reasoning_content":"b"},'
-        b'"finish_reason":null}]}\n\n',
-        _chunk(" end", "stop"),
-    ]
-    record = _record(_feed(_stream(events), []))
-    assert record.output_text == "a end"
-    assert record.extra["reasoning_text"] == "thinkb"
-    assert len(record.content_times) == 3
-    assert record.finish_reason == "stop"
-
-
-def test_completions_stream() -> None:
-    def text(t: str, finish: str | None = None) -> bytes:
-        choice = {"index": 0, "text": t, "logprobs": None, "finish_reason": finish}
-        body = {"id": "cmpl-1", "object": "text_completion", "choices": [choice]}
-        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
-    record = _record(_feed(_stream([text("a"), text("b"), text("", "length")]), []), "completions")
-    assert record.output_text == "ab"
-    assert len(record.content_times) == 2
-    assert record.extra["response_id"] == "cmpl-1"
-
-
-def test_content_length_and_read_until_close_bodies() -> None:
-    body = json.dumps({"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]})
-    raw = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-        len(body),
-        body.encode(),
-    )
-    exchange = _feed(raw, [10, len(raw) - 5])
-    assert exchange.keep_alive
-    assert json.loads(exchange.body) == json.loads(body)
-    loop = asyncio.new_event_loop()
-    try:
-        until_close = Exchange(loop.create_future(), 0.0)
-        until_close.feed(1.0, b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
-        until_close.feed(2.0, _chunk("x"))
-        assert not until_close.finished
-        until_close.connection_lost()
-        assert until_close.finished and until_close.error is None
-        assert not until_close.keep_alive
-    finally:
-        loop.close()
-
-
-def test_malformed_chunk_size_breaks_the_stream() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        exchange = Exchange(loop.create_future(), 0.0)
-        exchange.feed(1.0, HEAD + b"zz\r\ndata: x\n\n\r\n")
-        assert exchange.finished
-        assert exchange.error is not None and exchange.error.kind == "stream_broken"
-        assert "malformed chunk size" in str(exchange.error)
-    finally:
-        loop.close()
-
-
-def test_an_answer_of_the_wrong_shape_is_a_failed_request_not_a_crash() -> None:
-    events = [_chunk(""), b'data: {"choices": ["not an object"]}\n\n']
-    record = _record(_feed(_stream(events), []))
-    assert record.error == ErrorCategory.STREAM_BROKEN
-    assert record.error_message.startswith("unreadable answer (AttributeError")
-
-
-def test_bulk_path_takes_one_event_per_frame_and_declines_anything_else() -> None:
-    def bulk(raw: bytes) -> bool:
-        parser = load._bulk_stream(_feed(raw, [len(HEAD) + 7]), load._StreamState(chat=True))
-        while True:
-            try:
-                next(parser)
-            except StopIteration as done:
-                return bool(done.value)
-
-    assert bulk(_stream(EVENTS))
-    event = _chunk("split")
-    split = HEAD + _frame(event[:30]) + _frame(event[30:]) + b"0\r\n\r\n"
-    assert not bulk(split)
-    two_in_one = HEAD + _frame(_chunk("a") + _chunk("b")) + b"0\r\n\r\n"
-    assert not bulk(two_in_one)
-    assert _record(_feed(two_in_one, [])).output_text == "ab"
-    multiline = HEAD + _frame(b"data: {\ndata: }\n\n") + b"0\r\n\r\n"
-    assert not bulk(multiline)
-    crlf = HEAD + _frame(_chunk("x").replace(b"\n\n", b"\r\n\r\n")) + b"0\r\n\r\n"
-    assert not bulk(crlf)
-    assert _record(_feed(crlf, [])).output_text == "x"

@@ -12,14 +12,17 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from pytest_llmslo.servers.process import process_tree
 from pytest_llmslo.telemetry import (
     NOT_SERVED,
+    LoadWindow,
     NvidiaSmiProbe,
     NvmlProbe,
     Telemetry,
@@ -30,9 +33,18 @@ from pytest_llmslo.telemetry import (
     parse_smi_gpus,
     peak_between,
     phase_figures,
-    process_tree,
     tree_rss,
 )
+from pytest_llmslo.telemetry.analysis import (
+    Samples,
+    Scrape,
+    failed_report,
+    lifetime_report,
+    scrape_of,
+    server_metrics,
+    window_report,
+)
+from pytest_llmslo.telemetry.gpu import GpuDevice
 from pytest_llmslo.telemetry.measures import measure
 from pytest_llmslo.telemetry.prometheus import KV_CACHE_USAGE, PrometheusParseError, max_over_labels
 from pytest_llmslo.telemetry.sampler import FIRST_SCRAPE_DELAY_S, MIN_GAUGE_SCRAPES
@@ -394,12 +406,16 @@ def test_rss_peak_of_a_real_process_tree(
     process_tree_with_allocation: subprocess.Popen[str],
 ) -> None:
     root = process_tree_with_allocation.pid
-    tree = process_tree(root)
+
+    def pids() -> list[int]:
+        return [p.pid for p in process_tree(root)]
+
+    tree = pids()
     assert len(tree) == 2 and tree[0] == root
     assert (tree_rss(tree) or 0) >= ALLOCATE
 
     telemetry = Telemetry(
-        lambda: process_tree(root),
+        pids,
         metrics_url=None,
         interval_s=0.02,
         nvml=BrokenNvml(),
@@ -642,7 +658,7 @@ def test_a_load_shorter_than_the_scrape_interval_is_seen_at_its_end_and_judged_n
         value, n, reason = measure(telemetry.window_report(window), metric) or (0.0, None, "")
         assert math.isnan(value), metric
         assert n == metrics.scrapes
-        assert reason.startswith("not measurable: only ")
+        assert reason.startswith("only ")
     # a counter delta needs two snapshots, not a series of gauge readings
     preemptions = measure(telemetry.window_report(window), "preemptions")
     assert preemptions is not None and preemptions[0] == 0.0
@@ -696,3 +712,183 @@ def test_metrics_counters_leave_the_warmup_out(metrics_server: MetricsServer) ->
     assert metrics is not None
     assert metrics.generation_tokens == 640.0
     assert metrics.requests_running_max == 2
+
+
+# -- pure analysis: reports from plain samples, no threads -----------------------------------
+
+H100 = GpuDevice(index=0, name="NVIDIA H100", total_bytes=80 * GIB)
+UNUSED = GpuDevice(index=1, name="NVIDIA H100", total_bytes=80 * GIB)
+
+
+def _collected(**kw: Any) -> Samples:
+    return Samples(interval_s=1.0, **kw)
+
+
+def test_window_reports_are_pure_functions_of_the_collected_samples() -> None:
+    # start-up to 2 GiB, a first load to 9, idle at 6, a second load to 12, idle at 4
+    gpu = ((0.0, 2), (1.0, 9), (2.0, 6), (3.0, 12), (4.0, 4))
+    windows = (LoadWindow(0, 0.5, 1.5), LoadWindow(1, 2.5, 3.5))
+    samples = _collected(
+        ticks=(0.0, 1.0, 2.0, 3.0, 4.0),
+        rss=tuple((t, v * MIB) for t, v in gpu),
+        gpu={0: tuple((t, v * GIB) for t, v in gpu), 1: ()},
+        gpu_devices=(H100, UNUSED),
+        gpu_source="nvml",
+        windows=windows,
+    )
+
+    first = window_report(samples, 0, now=10.0)
+    assert first.window == (0.5, 1.5)
+    assert [(g.startup_peak, g.load_peak, g.steady, g.peak) for g in first.gpu] == [
+        (2 * GIB, 9 * GIB, 6 * GIB, 9 * GIB)  # steady: the last sample before the next load
+    ]
+    assert first.samples == 3  # ticks up to the next window's start
+    assert first.host_rss_load_peak == 9 * MIB and first.host_rss_reason is None
+
+    whole = lifetime_report(samples, now=10.0)
+    assert whole.window is None
+    assert [(g.load_peak, g.steady, g.peak) for g in whole.gpu] == [(12 * GIB, 4 * GIB, 12 * GIB)]
+    assert whole.samples == 5
+    assert whole.gpu_peak_total == 12 * GIB  # GPU 1 held nothing: left out
+    assert whole.server_metrics is None and whole.server_metrics_reason == NOT_SERVED
+
+    # the same samples give the same report: nothing depends on a clock or a thread
+    assert lifetime_report(samples, now=10.0) == whole
+
+
+def test_an_open_window_reports_its_load_so_far_and_no_steady_level() -> None:
+    samples = _collected(
+        ticks=(0.0, 1.0, 2.0),
+        rss=((0.0, 5), (1.0, 8), (2.0, 7)),
+        windows=(LoadWindow(0, 0.5, None),),
+    )
+    report = window_report(samples, 0, now=2.0)
+    assert (report.host_rss_load_peak, report.host_rss_steady) == (8, None)
+    assert report.window == (0.5, None)
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"gpu_reason": "no NVIDIA GPU visible"}, "no NVIDIA GPU visible"),
+        ({}, "GPU not sampled yet (telemetry stopped before its first sample)"),
+        (
+            {"gpu_source": "nvml", "gpu": {0: ()}, "gpu_error": "NVMLError: Unknown"},
+            "every GPU read failed (nvml: NVMLError: Unknown)",
+        ),
+        (
+            {"gpu_source": "nvml", "gpu": {0: ((1.0, 0),)}},
+            "the server's processes held no memory on any of 1 GPU(s)",
+        ),
+        ({"not_ours": "not measurable on an external server"}, "not measurable on an external"),
+    ],
+)
+def test_every_missing_gpu_figure_says_why(kw: dict[str, Any], reason: str) -> None:
+    report = lifetime_report(_collected(gpu_devices=(H100,), **kw), now=5.0)
+    assert report.gpu == ()
+    assert report.gpu_unavailable_reason is not None
+    assert report.gpu_unavailable_reason.startswith(reason)
+
+
+def _scrape(at: float, running: float, generated: float, kv: float = 0.0) -> Scrape:
+    text = textwrap.dedent(f"""\
+        vllm:num_requests_running{{engine="0"}} {running}
+        vllm:generation_tokens_total{{engine="0"}} {generated / 2}
+        vllm:generation_tokens_total{{engine="1"}} {generated / 2}
+        vllm:kv_cache_usage_perc{{engine="0"}} {kv}
+        vllm:kv_cache_usage_perc{{engine="1"}} {kv / 4}
+        """)
+    return scrape_of(parse_samples(text), at)
+
+
+def test_a_scrape_sums_counters_over_engines_and_keeps_the_fullest_kv_cache() -> None:
+    scrape = _scrape(1.0, running=3, generated=100, kv=0.8)
+    assert scrape.values["vllm:generation_tokens_total"] == 100
+    assert scrape.kv_cache_usage == 0.8  # not 0.8 + 0.2: a sum of ratios means nothing
+
+
+def test_server_metrics_cover_the_measured_part_of_each_window_only() -> None:
+    window = LoadWindow(
+        0,
+        start=1.0,
+        end=5.0,
+        counters_start={"vllm:generation_tokens_total": 140.0},  # snapshot after the warmup
+        counters_end={"vllm:generation_tokens_total": 900.0},
+        measured_start=2.0,
+    )
+    scrapes = (
+        _scrape(1.5, running=50, generated=120),  # the warmup burst: left out
+        _scrape(3.0, running=2, generated=400, kv=0.5),
+        _scrape(4.0, running=4, generated=700, kv=0.3),
+        _scrape(5.0, running=1, generated=900, kv=0.1),  # the closing scrape counts
+        _scrape(6.0, running=9, generated=950),  # after the window: left out
+    )
+    samples = _collected(metrics_url="http://s/metrics", windows=(window,), scrapes=scrapes)
+    metrics, reason = server_metrics(samples, samples.windows)
+    assert reason is None and metrics is not None
+    assert metrics.scrapes == 3 and metrics.gauge_reason is None
+    assert metrics.requests_running_max == 4
+    assert metrics.kv_cache_usage_max == 0.5
+    assert metrics.kv_cache_usage_mean == pytest.approx(0.3)
+    assert metrics.generation_tokens == 760.0  # counters_end - counters_start
+    assert metrics.preemptions is None  # the server never exported it
+
+    # two of three scrapes: the gauges describe a moment, not the load
+    short = replace(samples, scrapes=scrapes[1:3])
+    few, _ = server_metrics(short, short.windows)
+    assert few is not None and few.scrapes == 2
+    assert few.gauge_reason is not None and few.gauge_reason.startswith("only 2 scrape(s)")
+
+
+def test_server_metrics_say_why_they_are_missing() -> None:
+    assert server_metrics(_collected(metrics_reason="metrics: false"), ()) == (
+        None,
+        "metrics: false",
+    )
+    scraped = _collected(metrics_url="http://s/metrics")
+    assert server_metrics(scraped, ()) == (
+        None,
+        "no load window was marked, so /metrics was not scraped",
+    )
+    failing = replace(
+        scraped, windows=(LoadWindow(0, 1.0, 2.0),), scrape_errors=2, scrape_error="ConnectError"
+    )
+    assert server_metrics(failing, failing.windows) == (
+        None,
+        "could not scrape http://s/metrics: ConnectError",
+    )
+
+
+def test_a_broken_telemetry_reports_every_figure_as_not_measurable() -> None:
+    report = failed_report("telemetry failed: OSError: gone", samples=4, interval_s=0.1)
+    assert (report.gpu, report.host_rss_peak, report.server_metrics) == ((), None, None)
+    assert (
+        report.gpu_unavailable_reason == report.host_rss_reason == "telemetry failed: OSError: gone"
+    )
+    assert report.server_metrics_reason == "telemetry failed: OSError: gone"
+    assert report.samples == 4
+
+
+def test_a_server_not_yet_launched_is_looked_up_again_at_the_next_tick() -> None:
+    # the first lookup runs before the server's process exists; with a long refresh period,
+    # a server that starts and serves within that period was never sampled
+    calls: list[int] = []
+
+    def pids() -> list[int]:
+        calls.append(1)
+        return [os.getpid()] if len(calls) > 2 else []
+
+    telemetry = Telemetry(
+        pids,
+        metrics_url=None,
+        interval_s=0.01,
+        pids_refresh_s=30.0,
+        nvml=BrokenNvml(),
+        nvidia_smi=None,
+    )
+    telemetry.start()
+    try:
+        wait_for(lambda: len(telemetry.rss_samples()) > 0, timeout=5.0)
+    finally:
+        telemetry.stop()
+    assert len(calls) == 3  # found, then refreshed only after the (long) period

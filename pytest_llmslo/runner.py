@@ -1,0 +1,216 @@
+"""The one scenario runner: a workload against a server -> a frozen `ScenarioResult`.
+
+Spec scenarios (`session.py`) and hand-written runs (`handtests.py`) both come here, so both get
+the same telemetry window, summary, notes and verdicts, built once. A server this run starts is a
+`MonitoredServer`: its telemetry samples from before the start (the start-up memory peak) to the
+stop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pytest_llmslo import load as load_engine
+from pytest_llmslo.config import LoadConfig, ServerConfig
+from pytest_llmslo.metrics import RequestObjective, Summary, summarize
+from pytest_llmslo.records import Endpoint, Prompt, RequestRecord
+from pytest_llmslo.redact import scrub_file, server_secrets
+from pytest_llmslo.result import ScenarioResult, Started
+from pytest_llmslo.servers import ExternalServer, Server, make_server
+from pytest_llmslo.spec import Scenario
+from pytest_llmslo.telemetry import Telemetry, TelemetryReport
+from pytest_llmslo.tokens import Tokenizer
+
+STEADY_SETTLE_S = 0.5
+NOT_OURS = "not applicable: external server, not started by this run"
+
+
+class MonitoredServer:
+    """A server and the telemetry that watches it, from before its start until its stop."""
+
+    def __init__(self, config: ServerConfig, log_dir: Path) -> None:
+        self.config = config
+        self.server: Server = make_server(config, log_dir=log_dir)
+        self.external = isinstance(self.server, ExternalServer)
+        self.telemetry = Telemetry(
+            self.server.pids, metrics_url=None, not_ours=NOT_OURS if self.external else None
+        )
+        self.endpoint: Endpoint | None = None
+
+    def start(self) -> Endpoint:
+        """Samples first, then starts the server; raises what the server's start raises."""
+        self.telemetry.start()
+        self.endpoint = self.server.start()
+        self._scrape_metrics(self.endpoint)
+        return self.endpoint
+
+    def gone(self) -> str | None:
+        """Why a load on this server should stop now, or None (the load engine polls it)."""
+        if not self.external and not self.server.is_alive():
+            return "the server process exited during the run"
+        return None
+
+    def stop(self) -> None:
+        try:
+            self.server.stop()
+        finally:
+            self.telemetry.stop()
+            # servers print their arguments (vLLM its non-default ones, an API key included) and
+            # the log folder is what CI uploads: the log keeps everything but the credentials
+            log_path = getattr(self.server, "log_path", None)
+            if log_path is not None:
+                scrub_file(log_path, server_secrets(self.server.config))
+
+    def _scrape_metrics(self, endpoint: Endpoint) -> None:
+        """Point telemetry at /metrics when the server serves it and its config allows, else
+        say why not."""
+        if endpoint.has_metrics and self.config.metrics is not False:
+            headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+            self.telemetry.set_metrics_url(f"{endpoint.base_url}/metrics", headers=headers)
+        elif self.config.metrics is False:
+            self.telemetry.metrics_not_scraped(
+                "not scraped: the server's spec sets `metrics: false`"
+            )
+        elif isinstance(self.server, ExternalServer) and self.server.metrics_reason:
+            self.telemetry.metrics_not_scraped(self.server.metrics_reason)
+
+
+def run_scenario(
+    scenario: Scenario,
+    server: ServerConfig,
+    endpoint: Endpoint,
+    prompts: Sequence[Prompt],
+    load: LoadConfig,
+    *,
+    source: str,
+    started: Started,
+    load_notes: tuple[str, ...] = (),
+    tokenizer: Tokenizer | None = None,
+    missing_tokens_hint: str = "",
+    monitored: MonitoredServer | None = None,
+) -> ScenarioResult:
+    """Runs `load` with `prompts` against `endpoint` and judges `scenario.objectives`.
+
+    A load that cannot start (a configuration the engine refuses) raises; once it ran, a fault
+    becomes the result's `error`, keeping every record.
+    """
+    telemetry = monitored.telemetry if monitored is not None else None
+    window = telemetry.mark_load_start() if telemetry is not None else None
+    count: Callable[[str], int] | None = tokenizer.count if tokenizer is not None else None
+    try:
+        run = load_engine.run_load(
+            endpoint,
+            prompts,
+            load,
+            count_tokens=count,
+            should_stop=monitored.gone if monitored is not None else None,
+            on_measured_start=telemetry.mark_measured_start if telemetry is not None else None,
+        )
+    finally:
+        if telemetry is not None and window is not None:
+            telemetry.mark_load_end()
+    error = f"load stopped early: {run.interrupted}" if run.interrupted else None
+    summary: Summary | None = None
+    telemetry_report: TelemetryReport | None = None
+    log_tail: str | None = None
+    note: str | None = None
+    try:
+        if telemetry is not None and window is not None:
+            # a few samples after the load give the level the server settles at ("steady")
+            time.sleep(STEADY_SETTLE_S)
+            telemetry_report = telemetry.window_report(window)
+        summary = summarize(
+            run.records,
+            window=(run.window_start, run.window_end),
+            percentiles=scenario.percentiles,
+            request_objectives=[
+                RequestObjective(o.metric, o.op, o.threshold) for o in scenario.request_slo
+            ],
+        )
+        note = token_note(run.records, tokenizer, missing_tokens_hint)
+        failed_5xx = summary.failures_by_category.get("http_5xx", 0)
+        if monitored is not None and (run.interrupted or failed_5xx or monitored.gone()):
+            log_tail = monitored.server.log_tail()
+    except Exception as exc:  # recorded with every request kept, never lost to a traceback
+        error = error or f"{type(exc).__name__}: {exc}"
+    unsent = tuple(
+        f"{name} is not sent to {server.backend} servers (transformers serve rejects it "
+        "with HTTP 422)"
+        for name in load_engine.unsent_fields(endpoint.backend, load)
+    )
+    return ScenarioResult(
+        spec_path=source,
+        scenario=scenario,
+        server=server,
+        endpoint=endpoint,
+        summary=summary,
+        telemetry=telemetry_report,
+        records=tuple(run.records),
+        error=error,
+        interrupted=run.interrupted,
+        load=load,
+        load_notes=load_notes + unsent,
+        server_log_tail=log_tail,
+        token_note=note,
+        started=started.at,
+        wall_seconds=started.seconds(),
+    ).judged(scenario.objectives)
+
+
+def not_run(
+    scenario: Scenario,
+    server: ServerConfig,
+    *,
+    source: str,
+    started: Started,
+    load: LoadConfig,
+    load_notes: tuple[str, ...] = (),
+    endpoint: Endpoint | None = None,
+    error: str | None = None,
+    skipped: str | None = None,
+    interrupted: str | None = None,
+) -> ScenarioResult:
+    """The result of a scenario whose load never ran: why, and what it would have run."""
+    return ScenarioResult(
+        spec_path=source,
+        scenario=scenario,
+        server=server,
+        endpoint=endpoint,
+        error=error,
+        skipped=skipped,
+        interrupted=interrupted,
+        load=load,
+        load_notes=load_notes,
+        started=started.at,
+        wall_seconds=started.seconds(),
+    ).judged(scenario.objectives)
+
+
+def token_note(
+    records: Sequence[RequestRecord], tokenizer: Tokenizer | None, missing_hint: str
+) -> str | None:
+    """What the report says about token counts the server did not send, or None when it sent all.
+
+    Counts from re-tokenizing the streamed text are estimates: on the tiny model against
+    LLaMA-Factory's API they came out 16% above what the server generated. `missing_hint` says
+    how to make a tokenizer available when none was.
+    """
+    ok = [r for r in records if r.ok and not r.warmup]
+    estimated = sum(1 for r in ok if r.token_source == "tokenizer")
+    missing = sum(1 for r in ok if r.output_tokens is None)
+    if estimated:
+        name = tokenizer.name if tokenizer is not None else "the model's tokenizer"
+        return (
+            f"token counts are estimated for {estimated} of {len(ok)} successful requests: the "
+            f"server sent no usage, so their text was re-tokenized with {name}, which may count "
+            "differently from the server; output_throughput, total_token_throughput, tpot and "
+            "the token counts rest on these estimates"
+        )
+    if missing:
+        return (
+            f"{missing} of {len(ok)} successful requests have no token count: the server sent "
+            f"no usage and no tokenizer was available; {missing_hint}"
+        )
+    return None
