@@ -481,7 +481,9 @@ class ParentRun:
         line = self.proc.stdout.readline()
         assert line, self.proc.stderr.read() if self.proc.stderr else ""
         self.tree = snapshot(json.loads(line))
-        self.tree += [p for p in process_tree(self.proc.pid)[1:] if p not in self.tree]
+        # by pid: a process seen twice may differ in state (running, sleeping) between reads
+        seen = {p.pid for p in self.tree}
+        self.tree += [p for p in process_tree(self.proc.pid)[1:] if p.pid not in seen]
         return self.tree
 
     def line(self) -> str:
