@@ -44,6 +44,22 @@ class Producer(str, enum.Enum):
         return self.value
 
 
+class IntervalMethod(str, enum.Enum):
+    """How a gated value's confidence interval is drawn (`intervals.py`; docs: "Verdicts and
+    intervals" in docs/spec-reference.md)."""
+
+    # by the objective's statistic: a percentile (and the median) by order statistics, the mean
+    # by Student's t; min, max and std as measured (no distribution-free interval bounds them)
+    PER_STATISTIC = "order statistic (percentiles), t (mean); min, max, std as measured"
+    WILSON = "Wilson score interval"  # a proportion of the measured requests
+    # t over equal time slices of the measured window (requests counted in the slice they end in)
+    BATCH_MEANS = "batch means over 10 time slices of the measured window"
+    AS_MEASURED = "as measured"  # counts, peaks, gauges, the start time: one observation
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class DocGroup:
     """Metrics the README describes in one row: they share where and how they are measured."""
@@ -72,6 +88,17 @@ class Metric:
     # about reasoning models: the report shows it only when a stream carried reasoning
     reasoning: bool = False
     group: DocGroup | None = None  # shares one README row with its neighbours
+    # how a verdict's interval is drawn; None: by kind (a distribution per statistic, a scalar
+    # as measured)
+    interval: IntervalMethod | None = None
+
+    @property
+    def interval_method(self) -> IntervalMethod:
+        if self.interval is not None:
+            return self.interval
+        if self.kind is MetricKind.DISTRIBUTION:
+            return IntervalMethod.PER_STATISTIC
+        return IntervalMethod.AS_MEASURED
 
     @property
     def canonical_unit(self) -> str:
@@ -123,7 +150,9 @@ _GOODPUT = DocGroup(
 )
 _GPU = DocGroup(
     "GPU memory held by the server's whole process tree (vLLM's engine runs in a child), "
-    "through NVML, else `nvidia-smi`, sampled at 10 Hz"
+    "through NVML, else `nvidia-smi`, sampled at 10 Hz; a server on several GPUs (one worker "
+    "each) is summed over them, except `gpu_memory_peak_per_gpu`, its most-loaded GPU; "
+    "another process on the same GPU is not counted"
 )
 _SERVER_METRICS = DocGroup(
     "from vLLM's Prometheus `/metrics`, scraped during the measured load (warmup excluded) and "
@@ -235,6 +264,7 @@ METRICS: tuple[Metric, ...] = (
         UnitKind.TOKEN_RATE,
         "output tokens of successful requests / wall time of the measured window",
         _LOAD,
+        interval=IntervalMethod.BATCH_MEANS,
     ),
     Metric(
         "total_token_throughput",
@@ -242,6 +272,7 @@ METRICS: tuple[Metric, ...] = (
         UnitKind.TOKEN_RATE,
         "input + output tokens of successful requests / wall time of the measured window",
         _LOAD,
+        interval=IntervalMethod.BATCH_MEANS,
     ),
     Metric(
         "request_throughput",
@@ -249,6 +280,7 @@ METRICS: tuple[Metric, ...] = (
         UnitKind.REQUEST_RATE,
         "successful requests / wall time of the measured window",
         _LOAD,
+        interval=IntervalMethod.BATCH_MEANS,
     ),
     Metric(
         "failure_rate",
@@ -257,6 +289,7 @@ METRICS: tuple[Metric, ...] = (
         "failed requests / sent requests, warmup excluded",
         _LOAD,
         group=_FAILURES,
+        interval=IntervalMethod.WILSON,
     ),
     Metric(
         "failures",
@@ -273,6 +306,7 @@ METRICS: tuple[Metric, ...] = (
         "requests per second that succeeded and met every per-request objective",
         _LOAD,
         group=_GOODPUT,
+        interval=IntervalMethod.BATCH_MEANS,
     ),
     Metric(
         "goodput_ratio",
@@ -281,6 +315,7 @@ METRICS: tuple[Metric, ...] = (
         "fraction of measured requests that succeeded and met every per-request objective",
         _LOAD,
         group=_GOODPUT,
+        interval=IntervalMethod.WILSON,
     ),
     Metric(
         "startup_time",
@@ -293,7 +328,8 @@ METRICS: tuple[Metric, ...] = (
         "gpu_memory_peak",
         _S,
         UnitKind.MEMORY,
-        "peak GPU memory of the server's process tree, whole run",
+        "peak GPU memory of the server's process tree, whole run, summed over the GPUs it "
+        "used (each GPU's peak)",
         _TELEMETRY,
         group=_GPU,
     ),
@@ -318,6 +354,16 @@ METRICS: tuple[Metric, ...] = (
         _S,
         UnitKind.MEMORY,
         "GPU memory once ready, before load",
+        _TELEMETRY,
+        group=_GPU,
+    ),
+    Metric(
+        "gpu_memory_peak_per_gpu",
+        _S,
+        UnitKind.MEMORY,
+        "peak GPU memory of the server's process tree on its most-loaded GPU, whole run: what "
+        "must fit on one device when a server is spread over several (`tensor_parallel_size`, "
+        "`data_parallel_size`)",
         _TELEMETRY,
         group=_GPU,
     ),
@@ -423,6 +469,8 @@ def _check(metrics: tuple[Metric, ...]) -> None:
             raise ValueError(f"metric {metric.name!r}: only a distribution has a per-request form")
         if metric.gauge and metric.producer is not Producer.SERVER_METRICS:
             raise ValueError(f"metric {metric.name!r}: only a /metrics series is a gauge")
+        if metric.interval is IntervalMethod.PER_STATISTIC and metric.kind is not _D:
+            raise ValueError(f"metric {metric.name!r}: only a distribution has statistics")
         if metric.report_label and metric.unit is not UnitKind.TIME:
             raise ValueError(f"metric {metric.name!r}: the report's latency table holds times")
 

@@ -20,7 +20,7 @@ from pytest_llmslo.records import ErrorCategory
 # which generated tables each file holds, by path from the repository root
 DOCS: dict[str, tuple[str, ...]] = {
     "README.md": ("metrics",),
-    "docs/spec-reference.md": ("distributions", "scalars", "request-metrics"),
+    "docs/spec-reference.md": ("distributions", "scalars", "request-metrics", "intervals"),
 }
 COMMAND = "python -m pytest_llmslo.catalogue_docs --write"
 
@@ -106,11 +106,20 @@ def _request_metrics() -> str:
     return _table(("key", "kind", "bounds"), rows)
 
 
+def _intervals() -> str:
+    # metrics grouped by the interval their verdicts are drawn with (Metric.interval_method)
+    methods: dict[str, list[str]] = {}
+    for m in METRICS:
+        methods.setdefault(str(m.interval_method), []).append(f"`{m.name}`")
+    return _table(("interval", "metrics"), [(k, ", ".join(v)) for k, v in methods.items()])
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "metrics": _metrics,
     "distributions": _distributions,
     "scalars": _scalars,
     "request-metrics": _request_metrics,
+    "intervals": _intervals,
 }
 
 

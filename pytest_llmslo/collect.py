@@ -10,6 +10,7 @@ and the engine are imported when a spec is collected or run, never before.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,12 @@ if TYPE_CHECKING:
     from pytest_llmslo.result import ScenarioResult
     from pytest_llmslo.session import SloSession
     from pytest_llmslo.spec import Scenario, Spec
+
+
+class SLOInconclusiveWarning(pytest.PytestWarning):
+    """An objective's interval straddles its threshold and the policy counts it as passed
+    (`inconclusive: pass`): the test passes, and this warning says that it was not decisive."""
+
 
 # when a scenario declares no objective, this item still fails a run that could not complete
 COMPLETED = "completed"
@@ -150,6 +157,8 @@ class SLOItem(pytest.Item):
             raise SLOFailure(f"{self.metric}: no verdict was produced")
         if not result.passed(self.metric):
             raise SLOFailure(failure_text(result, verdict))
+        if verdict.inconclusive:
+            warnings.warn(SLOInconclusiveWarning(verdict.describe()), stacklevel=1)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, SLOFailure):
@@ -178,5 +187,10 @@ def junit_properties(result: ScenarioResult, metrics: list[str]) -> list[tuple[s
             properties.append(("slo_objective", verdict.objective.text))
             properties.append(("slo_measured", str(verdict.measured.value)))
             properties.append(("slo_passed", str(result.passed(metric)).lower()))
+            properties.append(("slo_outcome", str(verdict.outcome)))
+            interval = verdict.measured.interval
+            if interval is not None:
+                properties.append(("slo_interval_low", str(interval.low)))
+                properties.append(("slo_interval_high", str(interval.high)))
     properties.append(("slo_report", scenario_section(result)))
     return properties

@@ -395,3 +395,32 @@ class LoadConfig:
     )
 
     __repr__ = _redacted_repr
+
+
+InconclusivePolicy = Literal["fail", "pass"]
+INCONCLUSIVE_POLICIES: tuple[str, ...] = typing.get_args(InconclusivePolicy)
+DEFAULT_CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class VerdictsConfig:
+    """How objectives are judged: the confidence of each value's interval, and what an
+    objective whose interval straddles its threshold (inconclusive) counts as."""
+
+    confidence: float = field(
+        default=DEFAULT_CONFIDENCE,
+        metadata=spec_key(
+            Number(minimum=0.5, maximum=0.999),
+            "confidence level of the interval drawn around every gated value",
+            default="`0.95`",
+        ),
+    )
+    inconclusive: InconclusivePolicy = field(
+        default="fail",
+        metadata=spec_key(
+            Choice(INCONCLUSIVE_POLICIES, "inconclusive policy"),
+            "what an inconclusive objective counts as: `fail` (a failed test reading "
+            "`INCONCLUSIVE`, the safe default before a release) or `pass` (a passed test with "
+            "an `SLOInconclusiveWarning`)",
+        ),
+    )

@@ -9,6 +9,7 @@ session, so it appears in report.md, results.json and JUnit like a spec run.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,9 +202,15 @@ def assert_slo(run: LoadRun | ScenarioResult, objectives: Mapping[str, str] | No
     """Raises AssertionError naming every missed objective, with the same detail as a spec run;
     a run that stopped early fails too, as a spec scenario does (None: the objectives given to
     `run_workload`)."""
-    failure = failure_message(judge(run, objectives))
+    result = judge(run, objectives)
+    failure = failure_message(result)
     if failure:
         raise AssertionError(failure)
+    for verdict in result.verdicts:
+        if verdict.inconclusive:  # passed under `inconclusive: pass`: say it was not decisive
+            from pytest_llmslo.collect import SLOInconclusiveWarning
+
+            warnings.warn(SLOInconclusiveWarning(verdict.describe()), stacklevel=2)
 
 
 def failure_message(result: ScenarioResult) -> str:

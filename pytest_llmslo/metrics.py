@@ -17,10 +17,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pytest_llmslo.catalogue import MetricKind, Producer, names
+from pytest_llmslo.catalogue import BY_NAME, IntervalMethod, MetricKind, Producer, names
+from pytest_llmslo.intervals import (
+    Interval,
+    batch_means_interval,
+    exact,
+    mean_interval,
+    proportion_interval,
+    quantile_interval,
+)
 from pytest_llmslo.records import RequestRecord
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
+# equal time slices of the measured window whose rates give a window value's batch-means interval
+BATCHES = 10
 NAN = float("nan")
 
 # names of the per-request distributions a Summary carries, in report order
@@ -105,6 +115,36 @@ class Summary:
     percentiles: tuple[float, ...]
     reasons: dict[str, str] = field(default_factory=dict)  # why a metric is NaN
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    good: int = 0  # requests that succeeded and met every per-request objective
+    # per window rate (output_throughput, ...): its value in each of BATCHES equal time slices
+    batches: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def interval(self, metric: str, confidence: float) -> Interval | None:
+        """The confidence interval of `metric` by the method the catalogue names for it; None
+        where none applies (the value is NaN, or the metric is not the load's)."""
+        value, n, _ = self.value(metric)
+        if math.isnan(value):
+            return None
+        scalar = BY_NAME.get(metric)
+        if scalar is not None:
+            method = scalar.interval_method
+            if method is IntervalMethod.WILSON:
+                hits = self.failed if metric == "failure_rate" else self.good
+                return proportion_interval(hits, self.requests, confidence)
+            if method is IntervalMethod.BATCH_MEANS and metric in self.batches:
+                return batch_means_interval(self.batches[metric], confidence)
+            return exact(value, n or 1)
+        base, _, stat = metric.rpartition("_")
+        sample = self.samples.get(base)
+        if sample is None or sample.size == 0:
+            return None
+        if stat == "mean":
+            return mean_interval(sample.tolist(), confidence)
+        m = _STAT.match(stat)
+        q = 50.0 if stat == "median" else float(m.group(2)) if m and m.group(2) else None
+        if q is None or q >= 100.0:  # min, max, std (and p100 = max): as measured
+            return exact(value, int(sample.size))
+        return quantile_interval(sample.tolist(), q / 100.0, confidence)
 
     def value(self, metric: str) -> tuple[float, int | None, str]:
         """(value, sample size, reason-if-NaN) of a metric name like `ttft_p95` or `goodput`."""
@@ -319,7 +359,8 @@ def summarize(
     else:
         total_tp = _rate(sum(t or 0 for t in in_tokens), duration, bool(ok)) + out_tp
 
-    good = sum(1 for r in ok if _meets(r, request_objectives))
+    good_requests = [r for r in ok if _meets(r, request_objectives)]
+    good = len(good_requests)
     if not request_objectives:
         reasons["goodput"] = reasons["goodput_ratio"] = "no per-request objectives are set"
     failures = Counter(str(r.error) for r in measured if not r.ok)
@@ -347,7 +388,44 @@ def summarize(
         percentiles=pcts,
         reasons=reasons,
         samples=samples,
+        good=good,
+        batches=_batches(
+            window,
+            {
+                "output_throughput": [(r.end_at, r.output_tokens) for r in ok],
+                "total_token_throughput": [
+                    (r.end_at, _sum_or_none(r.input_tokens, r.output_tokens)) for r in ok
+                ],
+                "request_throughput": [(r.end_at, 1) for r in ok],
+                "goodput": [(r.end_at, 1) for r in good_requests] if request_objectives else [],
+            },
+        ),
     )
+
+
+def _sum_or_none(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _batches(
+    window: tuple[float, float] | None, counted: dict[str, list[tuple[float, float | None]]]
+) -> dict[str, tuple[float, ...]]:
+    """Per rate: the amount counted in each of BATCHES equal slices of the window, each divided
+    by the slice's length. A request counts in the slice it ended in (its tokens arrive over
+    its whole life, so slices are correlated a little: the docs say so)."""
+    if window is None or not window[1] > window[0]:
+        return {}
+    start, length = window[0], (window[1] - window[0]) / BATCHES
+    out: dict[str, tuple[float, ...]] = {}
+    for name, items in counted.items():
+        if not items or any(amount is None for _, amount in items):
+            continue
+        slices = [0.0] * BATCHES
+        for end, amount in items:
+            i = min(max(int((end - start) / length), 0), BATCHES - 1)
+            slices[i] += float(amount or 0)
+        out[name] = tuple(v / length for v in slices)
+    return out
 
 
 def _rate(count: float, duration: float, have_data: bool) -> float:

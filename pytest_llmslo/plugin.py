@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -65,6 +66,20 @@ _OPTIONS = [
         "LLMSLO_MAX_REQUESTS",
         "Cap every scenario's measured request count (quick runs).",
     ),
+    (
+        "--slo-confidence",
+        "slo_confidence",
+        "LLMSLO_CONFIDENCE",
+        "Confidence level of every gated value's interval, e.g. 0.95; overrides the "
+        "specs' verdicts.confidence.",
+    ),
+    (
+        "--slo-inconclusive",
+        "slo_inconclusive",
+        "LLMSLO_INCONCLUSIVE",
+        "What an inconclusive objective counts as: fail (default) or pass (with a warning); "
+        "overrides the specs' verdicts.inconclusive.",
+    ),
 ]
 
 
@@ -90,6 +105,10 @@ class Settings:
         self.max_requests = (
             _positive_int(raw, self.source.get("slo_max_requests", "")) if raw else None
         )
+        raw = self._one(config, 5)
+        self.confidence = _confidence(raw, self.source.get("slo_confidence", "")) if raw else None
+        raw = self._one(config, 6)
+        self.inconclusive = _policy(raw, self.source.get("slo_inconclusive", "")) if raw else None
 
     def _one(self, config: pytest.Config, i: int) -> str | None:
         flag, ini, env, _ = _OPTIONS[i]
@@ -131,6 +150,31 @@ def _positive_int(raw: str, where: str) -> int:
             f"got {raw!r}"
         )
     return value
+
+
+def _confidence(raw: str, where: str) -> float:
+    text = raw.strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.5 <= value <= 0.999:
+        raise pytest.UsageError(
+            f"pytest-llmslo: {where}: expected a confidence level between 0.5 and 0.999 (or "
+            f"50% to 99.9%), got {raw!r}; e.g. 0.95"
+        )
+    return value
+
+
+def _policy(raw: str, where: str) -> str:
+    from pytest_llmslo.config import INCONCLUSIVE_POLICIES
+
+    if raw.strip() not in INCONCLUSIVE_POLICIES:
+        raise pytest.UsageError(
+            f"pytest-llmslo: {where}: expected one of {', '.join(INCONCLUSIVE_POLICIES)}, got "
+            f"{raw!r}"
+        )
+    return raw.strip()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -184,6 +228,8 @@ def _open_session(config: pytest.Config, settings: Settings) -> SloSession:
         server_url=settings.server_url,
         api_key_env=settings.api_key_env,
         request_limit=settings.max_requests,
+        confidence=settings.confidence,
+        inconclusive=settings.inconclusive,
     )
 
 
@@ -306,6 +352,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         parts.append(f"server_url={redact_url(settings.server_url)}")
     if settings.max_requests:
         parts.append(f"max_requests={settings.max_requests}")
+    if settings.confidence is not None:
+        parts.append(f"confidence={settings.confidence:g}")
+    if settings.inconclusive is not None:
+        parts.append(f"inconclusive={settings.inconclusive}")
     sources = ", ".join(f"{k} from {v}" for k, v in sorted(settings.source.items()))
     return [" ".join(parts)] + ([f"llmslo settings: {sources}"] if sources else [])
 
@@ -400,7 +450,7 @@ def llmslo_run(
         # a signal stops the load (its records kept, the run reported), then ends the session
         # like a Ctrl-C anywhere else, instead of letting the test go on with half a run
         with interrupts.shielded():
-            result = workload_result(*args, source=request.node.nodeid, **kwargs)
+            result = session.rejudged(workload_result(*args, source=request.node.nodeid, **kwargs))
             session.add_result(result)
             keys.append(result.key)
         return LoadRun.of(result)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmslo.catalogue import Metric, MetricKind, Producer, select
 from pytest_llmslo.environment import RunInfo
+from pytest_llmslo.intervals import Interval
 from pytest_llmslo.redact import (
     REDACTED,
     Secrets,
@@ -30,7 +31,7 @@ from pytest_llmslo.redact import (
     server_secrets,
 )
 from pytest_llmslo.report_telemetry import telemetry_lines
-from pytest_llmslo.slo import Verdict, format_value
+from pytest_llmslo.slo import Verdict, format_measured
 
 if TYPE_CHECKING:
     from pytest_llmslo.config import LoadConfig, ServerConfig
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 # v2: `load` is the load that ran (v1 repeated the spec's), with `spec_load` and `load_notes`;
 # `server_config`, `run.id`, `skipped`, `wall_seconds`, `margin_reason`; credentials redacted;
 # no NaN or Infinity anywhere (null, with a reason beside it). See docs/results-schema.md.
-RESULTS_SCHEMA = "pytest-llmslo/results/v2"
+RESULTS_SCHEMA = "pytest-llmslo/results/v3"
 # the latency table's rows: the load's distributions the catalogue gives a report label
 _LATENCY_ROWS: tuple[Metric, ...] = tuple(
     m for m in select(kind=MetricKind.DISTRIBUTION, producer=Producer.LOAD) if m.report_label
@@ -61,6 +62,13 @@ def _ms(v: float) -> str:
 
 def _mark(passed: bool) -> str:
     return "✅" if passed else "❌"
+
+
+def _outcome_mark(v: Verdict) -> str:
+    # an inconclusive objective shows what the policy made of it, and that it was not decisive
+    if v.inconclusive:
+        return f"{_mark(v.passed)} inconclusive"
+    return _mark(v.passed)
 
 
 def _status(res: ScenarioResult) -> str:
@@ -166,7 +174,10 @@ def scenario_section(res: ScenarioResult) -> str:
             out += [*_fenced(rest), "</details>"]
     out.append("")
     if res.verdicts:
-        out += ["| objective | measured | target | margin | n | |", "|---|---|---|---|---|---|"]
+        out += [
+            "| objective | measured [interval] | target | margin | n | outcome |",
+            "|---|---|---|---|---|---|",
+        ]
         for v in res.verdicts:
             out.append(_verdict_row(v))
         out.append("")
@@ -243,7 +254,7 @@ def _verdict_row(v: Verdict) -> str:
     measured = (
         f"not measurable: {reason}"
         if math.isnan(m.value)
-        else format_value(v.objective.metric, m.value)
+        else format_measured(v.objective.metric, m)
     )
     if v.margin is None or math.isnan(v.margin):
         margin = "–"
@@ -252,7 +263,7 @@ def _verdict_row(v: Verdict) -> str:
     else:
         margin = f"{v.margin:+.1%}"
     n = "–" if m.sample_size is None else str(m.sample_size)
-    cells = [v.objective.metric, measured, v.objective.text, margin, n, _mark(v.passed)]
+    cells = [v.objective.metric, measured, v.objective.text, margin, n, _outcome_mark(v)]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
@@ -301,6 +312,9 @@ def render_markdown(
 def failure_text(res: ScenarioResult, verdict: Verdict | None) -> str:
     """The message a failing objective item shows: value, target, margin, n, errors, log tail."""
     lines = [f"{res.id} on {_backend_line(res)}"]
+    if verdict is not None and verdict.inconclusive:
+        # first, so a CI log and a JUnit message tell it from a plain miss at a glance
+        lines.insert(0, f"INCONCLUSIVE (inconclusive: {res.scenario.verdicts.inconclusive})")
     if verdict is not None:
         lines.append(verdict.describe())
     if res.interrupted:
@@ -428,6 +442,19 @@ def _margin_reason(v: Verdict) -> str | None:
     return None
 
 
+def _interval_json(interval: Interval | None) -> dict[str, Any] | None:
+    # an unbounded side is null: too few samples to bound it
+    if interval is None:
+        return None
+    return {
+        "low": interval.low if math.isfinite(interval.low) else None,
+        "high": interval.high if math.isfinite(interval.high) else None,
+        "confidence": interval.confidence,
+        "method": interval.method,
+        "n": interval.n,
+    }
+
+
 def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
     s = r.summary
     summary: dict[str, Any] | None = None
@@ -435,7 +462,7 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
         summary = {
             f.name: jsonable(getattr(s, f.name))
             for f in dataclasses.fields(s)
-            if f.name not in ("samples", "distributions")
+            if f.name not in ("samples", "distributions", "batches")
         }
         summary["distributions"] = {k: jsonable(d) for k, d in s.distributions.items()}
     return {
@@ -468,6 +495,8 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
                 "sample_size": v.measured.sample_size,
                 "reason": v.measured.reason,
                 "passed": v.passed,
+                "outcome": v.outcome,
+                "interval": _interval_json(v.measured.interval),
                 "margin": jsonable(v.margin),
                 "margin_reason": _margin_reason(v),
             }

@@ -20,6 +20,11 @@ def _gib(n: int | None) -> str:
     return "–" if n is None else f"{n / 2**30:.2f} GiB"
 
 
+def _total(parts: list[int | None]) -> int | None:
+    # as the objectives sum it: a phase no GPU sample fell in on some GPU has no total
+    return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
+
+
 def _num(v: float | None, pct: bool = False) -> str:
     if v is None or math.isnan(v):
         return "–"
@@ -39,7 +44,22 @@ def telemetry_lines(report: TelemetryReport) -> list[str]:
                 f"| {g.index}: {g.name} | {_gib(g.total_bytes)} | {_gib(g.startup_peak)} | "
                 f"{_gib(g.load_peak)} | {_gib(g.steady)} | {_gib(g.peak)} |"
             )
-        out.append(f"GPU memory of the server's process tree, via {report.gpu_source}.")
+        if len(report.gpu) > 1:
+            # a server spread over several GPUs (one worker per GPU): the objectives bound the
+            # total, and gpu_memory_peak_per_gpu the most-loaded GPU
+            gpu = report.gpu
+            out.append(
+                f"| total ({len(gpu)} GPUs) | {_gib(sum(g.total_bytes for g in gpu))} | "
+                f"{_gib(_total([g.startup_peak for g in gpu]))} | "
+                f"{_gib(_total([g.load_peak for g in gpu]))} | "
+                f"{_gib(_total([g.steady for g in gpu]))} | {_gib(report.gpu_peak_total)} |"
+            )
+            out.append(
+                f"GPU memory of the server's process tree, via {report.gpu_source}; "
+                f"its most-loaded GPU peaked at {_gib(report.gpu_peak_largest)}."
+            )
+        else:
+            out.append(f"GPU memory of the server's process tree, via {report.gpu_source}.")
     else:
         out.append(f"- GPU memory: {_unavailable(report.gpu_unavailable_reason)}")
     if report.host_rss_peak is not None:

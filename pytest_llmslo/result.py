@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pytest_llmslo.catalogue import METRICS
+from pytest_llmslo.config import DEFAULT_CONFIDENCE
 from pytest_llmslo.slo import Measurement, Objective, Verdict, evaluate
 from pytest_llmslo.telemetry.measures import measure as telemetry_measure
 
@@ -123,8 +124,9 @@ class ScenarioResult:
             return Status.PASS
         return Status.FAIL
 
-    def measure(self, metric: str) -> Measurement:
-        """The value of `metric` in this run; NaN with the reason when it was not measured."""
+    def measure(self, metric: str, confidence: float = DEFAULT_CONFIDENCE) -> Measurement:
+        """The value of `metric` in this run with its interval at `confidence`; NaN with the
+        reason when it was not measured."""
         if self.error and self.summary is None:
             return Measurement(math.nan, None, self.error)
         if metric in SERVER_PROCESS_METRICS and self.server.backend == "external":
@@ -144,12 +146,21 @@ class ScenarioResult:
             value, n, reason = self.summary.value(metric)
         except KeyError:
             return Measurement(math.nan, None, f"{metric} is not measured by this run")
-        return Measurement(value, n, reason)
+        interval = self.summary.interval(metric, confidence) if not reason else None
+        return Measurement(value, n, reason, interval)
 
     def judged(self, objectives: Sequence[Objective]) -> ScenarioResult:
-        """This result with `objectives` as the scenario's objectives and their verdicts."""
+        """This result with `objectives` as the scenario's objectives and their verdicts, at the
+        scenario's confidence and inconclusive policy (`verdicts:`)."""
+        policy = self.scenario.verdicts
         return replace(
             self,
             scenario=replace(self.scenario, objectives=tuple(objectives)),
-            verdicts=tuple(evaluate(objectives, self.measure)),
+            verdicts=tuple(
+                evaluate(
+                    objectives,
+                    lambda metric: self.measure(metric, policy.confidence),
+                    inconclusive=policy.inconclusive,
+                )
+            ),
         )

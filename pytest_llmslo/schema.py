@@ -14,13 +14,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pytest_llmslo.config import BACKENDS, FORMATS, DatasetConfig, LoadConfig, ServerConfig
+from pytest_llmslo.config import (
+    BACKENDS,
+    FORMATS,
+    DatasetConfig,
+    LoadConfig,
+    ServerConfig,
+    VerdictsConfig,
+)
 from pytest_llmslo.kinds import Context, keys_of
 from pytest_llmslo.values import PyValue, Site, Value
 
 SERVER_KEYS: tuple[str, ...] = tuple(keys_of(ServerConfig))
 DATASET_KEYS: tuple[str, ...] = tuple(keys_of(DatasetConfig))
 LOAD_KEYS: tuple[str, ...] = tuple(keys_of(LoadConfig))
+VERDICTS_KEYS: tuple[str, ...] = tuple(keys_of(VerdictsConfig))
 
 
 _NO_CONTEXT = Context()
@@ -115,6 +123,11 @@ def read_load(entries: Mapping[str, Value], site: Site) -> LoadConfig:
             fix="Add e.g. requests: 100 or duration: 60s.",
         )
     return LoadConfig(**kw)
+
+
+def read_verdicts(entries: Mapping[str, Value]) -> VerdictsConfig:
+    """A verdicts section (``confidence``, ``inconclusive``), defaults merged in."""
+    return VerdictsConfig(**_read_keys(VerdictsConfig, entries, Context()))
 
 
 # --- the Python API -------------------------------------------------------------------------------

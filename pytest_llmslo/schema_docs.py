@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
+from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig, VerdictsConfig
 from pytest_llmslo.kinds import KEY, default_text
 
 REFERENCE = "docs/spec-reference.md"
@@ -23,6 +23,7 @@ TABLES: dict[str, type] = {
     "keys-servers": ServerConfig,
     "keys-datasets": DatasetConfig,
     "keys-load": LoadConfig,
+    "keys-verdicts": VerdictsConfig,
 }
 COMMAND = "python -m pytest_llmslo.schema_docs --write"
 

@@ -12,9 +12,10 @@ import tempfile
 import traceback
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import cast
 
 from pytest_llmslo import interrupts
-from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
+from pytest_llmslo.config import DatasetConfig, InconclusivePolicy, LoadConfig, ServerConfig
 from pytest_llmslo.datasets import DatasetError, load_prompts
 from pytest_llmslo.models import builtin_model_path, is_builtin, resolve_model
 from pytest_llmslo.records import Endpoint, Prompt
@@ -49,6 +50,8 @@ class SloSession:
         server_url: str | None = None,
         api_key_env: str | None = None,
         request_limit: int | None = None,
+        confidence: float | None = None,
+        inconclusive: str | None = None,
     ) -> None:
         self.output_dir = output_dir
         self._log_dir: Path | None = None
@@ -57,6 +60,9 @@ class SloSession:
         self.server_url = server_url
         self.api_key_env = api_key_env
         self.request_limit = request_limit
+        # --slo-confidence / --slo-inconclusive: override every spec's `verdicts:`
+        self.confidence = confidence
+        self.inconclusive = inconclusive
         # (spec path or test node id, scenario, server) -> its result, in the order they ran
         self.results: dict[tuple[str, str, str], ScenarioResult] = {}
         self._servers: dict[ServerKey, _ServerState] = {}
@@ -189,6 +195,20 @@ class SloSession:
                 self.results[key] = self._run(spec, spec.scenarios[scenario_name], server_name)
         return self.results[key]
 
+    def with_overrides(self, scenario: Scenario) -> Scenario:
+        """`scenario` with --slo-confidence / --slo-inconclusive applied to its `verdicts`."""
+        verdicts = scenario.verdicts
+        if self.confidence is not None:
+            verdicts = replace(verdicts, confidence=self.confidence)
+        if self.inconclusive is not None:
+            verdicts = replace(verdicts, inconclusive=cast(InconclusivePolicy, self.inconclusive))
+        return replace(scenario, verdicts=verdicts)
+
+    def rejudged(self, result: ScenarioResult) -> ScenarioResult:
+        """A run made elsewhere (a hand-written test's) judged under this session's overrides."""
+        scenario = self.with_overrides(result.scenario)
+        return replace(result, scenario=scenario).judged(scenario.objectives)
+
     def add_result(self, result: ScenarioResult) -> None:
         """Keep a run made elsewhere (a hand-written test's) for the reports; a later result
         with the same source, scenario and server replaces it."""
@@ -196,6 +216,7 @@ class SloSession:
 
     def _run(self, spec: Spec, scenario: Scenario, server_name: str) -> ScenarioResult:
         started = Started.now()
+        scenario = self.with_overrides(scenario)
         cfg = spec.servers[server_name]
         load, notes = effective_load(scenario, server_name, self.request_limit, None)
         endpoint: Endpoint | None = None

@@ -10,11 +10,14 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pytest_llmslo.catalogue import BY_NAME, METRICS, STATISTICS, MetricKind, select
+from pytest_llmslo.intervals import Interval
 from pytest_llmslo.units import CANONICAL_UNIT, UnitError, UnitKind, expected_units, parse_quantity
 
 OPERATORS = ("<=", "<", ">=", ">")
+Outcome = Literal["pass", "fail", "inconclusive"]
 
 # Derived from the registry (catalogue.py), kept as tables: what a name means to an objective.
 # Distributions over requests (or over chunk gaps, for itl); an objective picks one statistic.
@@ -162,21 +165,40 @@ class Objective:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A measured value in the metric's canonical unit; NaN means it could not be measured."""
+    """A measured value in the metric's canonical unit; NaN means it could not be measured.
+
+    ``interval``: where the true value lies with the configured confidence; None where no
+    sampling interval applies (a count, a memory peak: judged as measured).
+    """
 
     value: float
     sample_size: int | None = None
     reason: str = ""  # why it could not be measured, when value is NaN
+    interval: Interval | None = None
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """An objective checked against its measurement."""
+    """An objective checked against its measurement.
+
+    ``outcome`` is what the interval says: pass (all of it meets the objective), fail (none of
+    it does) or inconclusive. ``passed`` is the gate's decision: the outcome pass, or
+    inconclusive under the policy ``pass``; every caller that asks "did it pass" reads it.
+    """
 
     objective: Objective
     measured: Measurement
     passed: bool
     margin: float | None  # signed headroom relative to the threshold; positive is good
+    outcome: Outcome | None = None  # None: as ``passed`` says (a value judged as measured)
+
+    def __post_init__(self) -> None:
+        if self.outcome is None:
+            object.__setattr__(self, "outcome", "pass" if self.passed else "fail")
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.outcome == "inconclusive"
 
     def describe(self) -> str:
         """One line for people, e.g. ``ttft_p95 = 612.3 ms, objective <= 500 ms: missed by ...``."""
@@ -191,12 +213,19 @@ class Verdict:
             relative = ""
         else:
             relative = f" ({abs(self.margin) * 100:.1f}%)"
-        if self.passed:
+        if self.inconclusive:
+            side = "meets" if self.objective.holds(value) else "misses"
+            outcome = (
+                f"INCONCLUSIVE: the value {side} it by {difference}{relative}, but the "
+                f"{format_confidence(self.measured.interval)} interval straddles the threshold"
+            )
+        elif self.objective.holds(value):
             outcome = f"met with {difference} to spare{relative}"
         else:
             outcome = f"missed by {difference}{relative}"
         size = "" if self.measured.sample_size is None else f", n={self.measured.sample_size}"
-        return f"{metric} = {format_value(metric, value)}, objective {condition}: {outcome}{size}"
+        shown = format_measured(metric, self.measured)
+        return f"{metric} = {shown}, objective {condition}: {outcome}{size}"
 
 
 _OBJECTIVE = re.compile(r"\s*(?P<op><=|>=|<|>)\s*(?P<quantity>.*?)\s*")
@@ -307,12 +336,38 @@ def _margin(objective: Objective, value: float) -> float:
     return headroom / objective.threshold
 
 
+def judge(objective: Objective, measured: Measurement) -> Outcome:
+    """Pass when the whole interval meets the objective, fail when none of it does, inconclusive
+    otherwise; without an interval, the value as measured decides. NaN fails (not measurable).
+
+    The interval judged also spans the value itself, so a verdict never contradicts the number
+    shown beside it (batch means can centre a little off the window's value).
+    """
+    value = measured.value
+    if math.isnan(value):
+        return "fail"
+    interval = measured.interval
+    if interval is None:
+        return "pass" if objective.holds(value) else "fail"
+    low, high = min(interval.low, value), max(interval.high, value)
+    meets_low, meets_high = objective.holds(low), objective.holds(high)
+    if meets_low and meets_high:
+        return "pass"
+    if not meets_low and not meets_high:
+        return "fail"
+    return "inconclusive"
+
+
 def evaluate(
-    objectives: Sequence[Objective], measure: Callable[[str], Measurement]
+    objectives: Sequence[Objective],
+    measure: Callable[[str], Measurement],
+    *,
+    inconclusive: str = "fail",
 ) -> list[Verdict]:
     """Check each objective against ``measure(metric)``; a value that is NaN fails with its reason.
 
-    An exception from ``measure`` fails only that objective, with the error as the reason.
+    ``inconclusive`` is the policy for an interval that straddles the threshold: ``fail`` or
+    ``pass``. An exception from ``measure`` fails only that objective, with the error as the reason.
     """
     verdicts = []
     for objective in objectives:
@@ -324,7 +379,9 @@ def evaluate(
             verdicts.append(Verdict(objective, measured, passed=False, margin=None))
             continue
         margin = _margin(objective, measured.value)
-        verdicts.append(Verdict(objective, measured, objective.holds(measured.value), margin))
+        outcome = judge(objective, measured)
+        passed = outcome == "pass" or (outcome == "inconclusive" and inconclusive == "pass")
+        verdicts.append(Verdict(objective, measured, passed, margin, outcome))
     return verdicts
 
 
@@ -365,3 +422,38 @@ def format_difference(metric: str, difference: float) -> str:
     if _kind(metric) is UnitKind.RATIO:
         return f"{difference * 100:.2f} pp"
     return format_value(metric, difference)
+
+
+def format_interval(metric: str, interval: Interval | None, unit: str = "") -> str:
+    """``[48.0, 57.3]`` in the metric's units (``-inf``/``inf`` for an unbounded side); empty
+    for a value taken as measured. A bound in ``unit`` (the value's) is shown without it."""
+    if interval is None or interval.method == "as measured":
+        return ""
+    low = "-inf" if math.isinf(interval.low) else _bound(metric, interval.low, unit)
+    high = "inf" if math.isinf(interval.high) else _bound(metric, interval.high, unit)
+    return f"[{low}, {high}]"
+
+
+def _bound(metric: str, value: float, unit: str) -> str:
+    # "52.1 ms [48.0, 57.3]": a bound in the value's unit drops it; one in another (9.8 s beside
+    # 10.20 s shown in ms) keeps its own
+    text = format_value(metric, value)
+    if unit == "%" and text.endswith("%"):
+        return text[:-1]
+    number, _, own = text.partition(" ")
+    return number if own and own == unit else text
+
+
+def format_measured(metric: str, measured: Measurement) -> str:
+    """The value with its interval: ``52.1 ms [48.0, 57.3]``."""
+    shown = format_value(metric, measured.value)
+    unit = "%" if shown.endswith("%") else shown.partition(" ")[2]
+    bounds = format_interval(metric, measured.interval, unit)
+    return f"{shown} {bounds}" if bounds and not math.isnan(measured.value) else shown
+
+
+def format_confidence(interval: Interval | None) -> str:
+    """``95% order statistic``: the level and the method of an interval."""
+    if interval is None:
+        return "as measured"
+    return f"{interval.confidence * 100:g}% {interval.method}"

@@ -25,15 +25,18 @@ from pytest_llmslo.config import (
     DatasetConfig,
     LoadConfig,
     ServerConfig,
+    VerdictsConfig,
 )
 from pytest_llmslo.kinds import MAX_PARALLEL, MAX_RATE, Context, http_url_problem
 from pytest_llmslo.schema import (
     DATASET_KEYS,
     LOAD_KEYS,
     SERVER_KEYS,
+    VERDICTS_KEYS,
     read_dataset,
     read_load,
     read_server,
+    read_verdicts,
 )
 from pytest_llmslo.slo import (
     Objective,
@@ -145,6 +148,8 @@ class Scenario:
     line: int
     # per-server load overrides (e.g. fewer requests for a slow backend), merged over `load`
     server_loads: dict[str, LoadConfig] = field(default_factory=dict)
+    # confidence of the intervals and the inconclusive policy (`verdicts:`)
+    verdicts: VerdictsConfig = field(default_factory=VerdictsConfig)
 
     def load_for(self, server: str) -> LoadConfig:
         return self.server_loads.get(server, self.load)
@@ -478,8 +483,8 @@ def _values(reader: _Reader, entries: Mapping[str, _Entry]) -> dict[str, Value]:
 
 # --- sections -------------------------------------------------------------------------------------
 
-TOP_KEYS = ("version", "defaults", "servers", "datasets", "scenarios")
-DEFAULTS_KEYS = ("load", "slo", "request_slo", "percentiles")
+TOP_KEYS = ("version", "verdicts", "defaults", "servers", "datasets", "scenarios")
+DEFAULTS_KEYS = ("load", "slo", "request_slo", "percentiles", "verdicts")
 SCENARIO_KEYS = (
     "servers",
     "dataset",
@@ -488,6 +493,7 @@ SCENARIO_KEYS = (
     "slo",
     "request_slo",
     "percentiles",
+    "verdicts",
 )
 # scenario and server names are parts of test ids (spec.yaml::scenario::server::objective)
 _SCENARIO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -697,6 +703,10 @@ def _scenario(
     else:
         percentiles = DEFAULT_PERCENTILES
 
+    verdicts = read_verdicts(
+        _values(reader, _merged(reader, defaults, entries, "verdicts", VERDICTS_KEYS))
+    )
+
     return Scenario(
         name=name,
         servers=server_names,
@@ -707,6 +717,7 @@ def _scenario(
         request_slo=request_slo,
         percentiles=percentiles,
         line=line,
+        verdicts=verdicts,
     )
 
 
@@ -803,6 +814,21 @@ def load_spec(path: Path, env: Mapping[str, str] | None = None) -> Spec:
                 )
         if "percentiles" in defaults:
             _percentiles(reader, defaults["percentiles"])
+    if "verdicts" in top:
+        # the top-level section is the defaults' own, written where a reader looks first
+        if "verdicts" in defaults:
+            raise reader.error(
+                defaults["verdicts"].line,
+                "defaults.verdicts",
+                "verdicts is set both at the top level and under defaults",
+                fix="Keep one of the two.",
+            )
+        defaults["verdicts"] = top["verdicts"]
+    if "verdicts" in defaults:
+        # checked even if no scenario would inherit it
+        verdicts_entry = defaults["verdicts"]
+        entries = reader.mapping(verdicts_entry.node, verdicts_entry.path, VERDICTS_KEYS)
+        read_verdicts(_values(reader, entries))
 
     servers = {
         e.key: _server(reader, e.key, e.node, e.line)

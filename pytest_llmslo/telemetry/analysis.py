@@ -86,6 +86,11 @@ class TelemetryReport:
         """Sum over GPUs of each one's peak; None when no GPU was measured."""
         return sum(g.peak for g in self.gpu) if self.gpu else None
 
+    @property
+    def gpu_peak_largest(self) -> int | None:
+        """The most-loaded GPU's peak; None when no GPU was measured."""
+        return max(g.peak for g in self.gpu) if self.gpu else None
+
 
 @dataclass(frozen=True)
 class LoadWindow:

@@ -5,7 +5,7 @@ Numbers only: the report renders telemetry (`report_telemetry.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pytest_llmslo.catalogue import BY_NAME, Producer, names
 from pytest_llmslo.telemetry.analysis import GpuMemory, TelemetryReport
@@ -13,12 +13,20 @@ from pytest_llmslo.telemetry.analysis import GpuMemory, TelemetryReport
 NAN = float("nan")
 Value = tuple[float, int | None, str]  # value (NaN: not measurable), sample size, reason
 
-# One function per telemetry metric of the catalogue (a test holds the two in step).
-GPU: dict[str, Callable[[GpuMemory], int | None]] = {
-    "gpu_memory_peak": lambda g: g.peak,
-    "gpu_memory_startup_peak": lambda g: g.startup_peak,
-    "gpu_memory_load_peak": lambda g: g.load_peak,
-    "gpu_memory_steady": lambda g: g.steady,
+# How one figure per GPU becomes the metric: the server's whole tree over every GPU it used
+# (tensor parallelism spreads it, one worker per GPU), or its most-loaded GPU (what must fit on
+# one device).
+TOTAL: Callable[[Iterable[int]], int] = sum
+LARGEST: Callable[[Iterable[int]], int] = max
+
+# One function per telemetry metric of the catalogue (a test holds the two in step): the figure
+# read from each GPU, and how the GPUs combine.
+GPU: dict[str, tuple[Callable[[GpuMemory], int | None], Callable[[Iterable[int]], int]]] = {
+    "gpu_memory_peak": (lambda g: g.peak, TOTAL),
+    "gpu_memory_startup_peak": (lambda g: g.startup_peak, TOTAL),
+    "gpu_memory_load_peak": (lambda g: g.load_peak, TOTAL),
+    "gpu_memory_steady": (lambda g: g.steady, TOTAL),
+    "gpu_memory_peak_per_gpu": (lambda g: g.peak, LARGEST),
 }
 HOST: dict[str, Callable[[TelemetryReport], int | None]] = {
     "host_memory_peak": lambda t: t.host_rss_peak,
@@ -34,11 +42,11 @@ def measure(report: TelemetryReport, metric: str) -> Value | None:
     if metric in GPU:
         if not report.gpu:
             return NAN, None, f"{report.gpu_unavailable_reason}"
-        # the server's whole tree over every GPU it used (tensor parallelism spreads it)
-        parts = [GPU[metric](g) for g in report.gpu]
+        figure, combine = GPU[metric]
+        parts = [figure(g) for g in report.gpu]
         if any(p is None for p in parts):
             return NAN, report.samples, f"no GPU sample fell in that phase ({metric})"
-        return float(sum(p for p in parts if p is not None)), report.samples, ""
+        return float(combine(p for p in parts if p is not None)), report.samples, ""
     if metric in HOST:
         value = HOST[metric](report)
         if value is None:

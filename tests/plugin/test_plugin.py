@@ -32,6 +32,9 @@ def instrument() -> Iterator[TimingServerProcess]:
 @pytest.fixture
 def env(instrument: TimingServerProcess, monkeypatch: pytest.MonkeyPatch) -> TimingServerProcess:
     monkeypatch.setenv("INSTRUMENT_URL", instrument.base_url)
+    # these tests check the plugin's mechanics on a handful of requests, too few for a
+    # percentile's interval to decide: their inconclusive objectives pass (with a warning)
+    monkeypatch.setenv("LLMSLO_INCONCLUSIVE", "pass")
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     return instrument
 
@@ -89,7 +92,7 @@ def test_passing_spec_runs_each_objective_as_a_test(
     text = report.read_text()
     assert "chat-c2[svc] — PASS" in text and "| ttft_p95 |" in text
     data = json.loads((report.parent / "results.json").read_text())
-    assert data["schema"] == "pytest-llmslo/results/v2"
+    assert data["schema"] == "pytest-llmslo/results/v3"
     scenario = data["scenarios"][0]
     assert scenario["summary"]["requests"] == 6 and scenario["status"] == "PASS"
     lines = (report.parent / "requests.jsonl").read_text().splitlines()
@@ -106,7 +109,7 @@ def test_broken_objective_fails_exactly_that_item(
     result.stdout.fnmatch_lines(
         [
             "*chat-c2[[]svc[]] on external*",
-            "*ttft_p95 = * ms, objective <= 0.001 ms: missed by*n=6*",
+            "*ttft_p95 = * ms [[]*[]], objective <= 0.001 ms: missed by*n=6*",
             "*requests: 6 measured, 6 ok, 0 failed*",
             "FAILED *svc.yaml::chat-c2::svc::ttft_p95*",
         ]
@@ -140,7 +143,7 @@ def test_server_faults_are_reported_with_examples(
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [
-            "*failure_rate = 100*%, objective <= 1%*",
+            "*failure_rate = 100*% [[]*[]], objective <= 1%*",
             "*http_5xx x6: *500*",
             "*not measurable*",
         ]
@@ -163,6 +166,42 @@ def test_junit_properties_and_github_summary(
     assert float(props["slo_measured"] or "nan") > 0
     assert "chat-c2[svc]" in (props["slo_report"] or "")
     assert "# LLM SLO report" in summary.read_text()
+
+
+def test_an_inconclusive_objective_fails_by_default_saying_so_first_with_its_interval(
+    pytester: pytest.Pytester, env: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLMSLO_INCONCLUSIVE")
+    spec = write_spec(pytester)  # 6 requests bound no p95 from above
+    result = pytester.runpytest("--slo", str(spec), "-k", "ttft_p95", "--junitxml=out.xml")
+    result.assert_outcomes(failed=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        [
+            "INCONCLUSIVE (inconclusive: fail)",
+            "*ttft_p95 = * ms [[]*, inf[]], objective <= 2 s: INCONCLUSIVE*n=6*",
+        ]
+    )
+    root = ET.parse(pytester.path / "out.xml").getroot()
+    case = next(c for c in root.iter("testcase") if "ttft_p95" in (c.get("name") or ""))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["slo_outcome"] == "inconclusive" and props["slo_passed"] == "false"
+    assert float(props["slo_interval_low"] or "nan") > 0
+    assert props["slo_interval_high"] == "inf"
+
+
+def test_an_inconclusive_objective_under_the_pass_policy_passes_with_a_warning(
+    pytester: pytest.Pytester, env: TimingServerProcess
+) -> None:
+    spec = write_spec(pytester)
+    result = pytester.runpytest("--slo", str(spec), "-k", "ttft_p95", "--slo-inconclusive=pass")
+    result.assert_outcomes(passed=1, deselected=2)
+    result.stdout.fnmatch_lines(["*SLOInconclusiveWarning: ttft_p95 = * ms [[]*, inf[]]*"])
+
+
+def test_a_bad_confidence_on_the_command_line_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--slo-confidence", "1.5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--slo-confidence: expected a confidence level between*1.5*"])
 
 
 def test_spec_errors_are_collection_errors_naming_file_and_line(
@@ -189,11 +228,12 @@ def test_header_shows_resolved_settings_and_their_sources(
     spec = write_spec(pytester)
     pytester.makeini("[pytest]\nslo_report = out/r.md\n")
     monkeypatch.setenv("LLMSLO_MAX_REQUESTS", "2")
-    result = pytester.runpytest("--slo", str(spec), "-k", "failure_rate")
+    result = pytester.runpytest("--slo", str(spec), "-k", "failure_rate", "--slo-confidence", "90%")
     result.stdout.fnmatch_lines(
         [
-            "llmslo: * report=out/r.md * max_requests=2",
-            "llmslo settings: slo_max_requests from $LLMSLO_MAX_REQUESTS, "
+            "llmslo: * report=out/r.md * max_requests=2 confidence=0.9 inconclusive=pass",
+            "llmslo settings: slo_confidence from --slo-confidence, slo_inconclusive from "
+            "$LLMSLO_INCONCLUSIVE, slo_max_requests from $LLMSLO_MAX_REQUESTS, "
             "slo_paths from --slo, slo_report from ini slo_report",
         ]
     )
@@ -296,7 +336,9 @@ def test_hand_written_test_with_fixtures_and_marker(
     """)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*AssertionError: ttft_p95 = * ms, objective <= 0.001 ms*"])
+    result.stdout.fnmatch_lines(
+        ["*AssertionError: ttft_p95 = * ms [[]*[]], objective <= 0.001 ms*"]
+    )
 
 
 def test_hand_written_runs_appear_in_report_md_results_json_and_junit(

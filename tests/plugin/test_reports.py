@@ -74,6 +74,9 @@ def instrument() -> Iterator[TimingServerProcess]:
 @pytest.fixture
 def env(instrument: TimingServerProcess, monkeypatch: pytest.MonkeyPatch) -> TimingServerProcess:
     monkeypatch.setenv("INSTRUMENT_URL", instrument.base_url)
+    # these tests check the plugin's mechanics on a handful of requests, too few for a
+    # percentile's interval to decide: their inconclusive objectives pass (with a warning)
+    monkeypatch.setenv("LLMSLO_INCONCLUSIVE", "pass")
     monkeypatch.setenv("INSTRUMENT_HOSTPORT", instrument.base_url.removeprefix("http://"))
     monkeypatch.setenv("CANARY_KEY", PLANTED["api_key_env"])
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
@@ -200,7 +203,7 @@ scenarios:
   s:
     dataset: lines
     load: {{parallel: 1, requests: 2, max_tokens: 4, extra_body: {{x_ttft_ms: 1, x_gap_ms: 1}}}}
-    slo: {{failure_rate: "<= 0%"}}
+    slo: {{failures: "<= 0"}}
 """,
     )
     result = pytester.runpytest("--slo", str(spec), "--slo-report", "/proc/llmslo-nowhere/r.md")

@@ -160,6 +160,7 @@ def test_server_process_metrics_are_those_of_the_servers_processes_and_start() -
         "gpu_memory_startup_peak",
         "gpu_memory_load_peak",
         "gpu_memory_steady",
+        "gpu_memory_peak_per_gpu",
         "host_memory_peak",
     } == SERVER_PROCESS_METRICS
     # /metrics are the server's own answer: an external server has them too

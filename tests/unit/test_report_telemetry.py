@@ -81,3 +81,19 @@ def test_too_few_scrapes_for_a_gauge_are_named_in_the_metrics_line() -> None:
     few = dataclasses.replace(base.server_metrics, scrapes=2, gauge_reason="2 scrapes")
     line = telemetry_lines(report(server_metrics=few))[-1]
     assert line.startswith("- server /metrics (2 in-window scrapes; 2 scrapes): KV-cache")
+
+
+def test_a_server_on_several_gpus_shows_a_row_per_gpu_and_the_total() -> None:
+    tensor_parallel = (
+        GpuMemory(0, "H200", 141 * GIB, 10 * GIB, 30 * GIB, 20 * GIB, 30 * GIB),
+        GpuMemory(1, "H200", 141 * GIB, 8 * GIB, 28 * GIB, None, 29 * GIB),
+    )
+    lines = telemetry_lines(report(gpu=tensor_parallel))
+    assert lines[2:6] == [
+        "| 0: H200 | 141.00 GiB | 10.00 GiB | 30.00 GiB | 20.00 GiB | 30.00 GiB |",
+        "| 1: H200 | 141.00 GiB | 8.00 GiB | 28.00 GiB | – | 29.00 GiB |",
+        # a phase one GPU has no sample of has no total, as its objective is not measurable
+        "| total (2 GPUs) | 282.00 GiB | 18.00 GiB | 58.00 GiB | – | 59.00 GiB |",
+        "GPU memory of the server's process tree, via nvml; "
+        "its most-loaded GPU peaked at 30.00 GiB.",
+    ]

@@ -55,11 +55,12 @@ MIB = 1024**2
 
 
 class FakeNvml:
-    """The slice of pynvml that telemetry calls: two GPUs, processes set by the test."""
+    """The slice of pynvml that telemetry calls: ``devices`` GPUs, processes set by the test."""
 
-    def __init__(self) -> None:
-        self.compute: dict[int, list[tuple[int, int | None]]] = {0: [], 1: []}
-        self.graphics: dict[int, list[tuple[int, int | None]]] = {0: [], 1: []}
+    def __init__(self, devices: int = 2) -> None:
+        self.devices = devices
+        self.compute: dict[int, list[tuple[int, int | None]]] = {i: [] for i in range(devices)}
+        self.graphics: dict[int, list[tuple[int, int | None]]] = {i: [] for i in range(devices)}
         self.initialized = False
         self.shutdowns = 0
 
@@ -70,7 +71,7 @@ class FakeNvml:
         self.shutdowns += 1
 
     def nvmlDeviceGetCount(self) -> int:
-        return 2
+        return self.devices
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         return index
@@ -166,6 +167,64 @@ def test_telemetry_reports_gpu_phases_through_nvml() -> None:
     assert report.host_rss_peak is not None and report.host_rss_peak > 0
     assert nvml.shutdowns == 1
     assert telemetry.stop() is report  # idempotent
+
+
+def test_two_servers_on_shared_gpus_each_see_only_their_own_process_tree() -> None:
+    # server A is tensor-parallel over GPUs 0 and 1 (its API process holds a little on 0, one
+    # worker per GPU); server B is pinned to GPU 2; a process of neither sits on GPUs 1 and 2
+    nvml = FakeNvml(devices=3)
+    api_a, worker_a0, worker_a1, api_b, worker_b, stranger = 100, 101, 102, 200, 201, 999
+
+    def occupy(a0: int, a1: int, b: int) -> None:
+        nvml.compute[0] = [(api_a, 512 * MIB), (worker_a0, a0 * GIB)]
+        nvml.compute[1] = [(worker_a1, a1 * GIB), (stranger, 40 * GIB)]
+        nvml.compute[2] = [(stranger, 30 * GIB), (worker_b, b * GIB)]
+
+    occupy(a0=4, a1=4, b=3)
+    server_a = Telemetry(
+        lambda: [api_a, worker_a0, worker_a1], metrics_url=None, interval_s=0.005, nvml=nvml
+    )
+    server_b = Telemetry(lambda: [api_b, worker_b], metrics_url=None, interval_s=0.005, nvml=nvml)
+    server_a.start()
+    server_b.start()
+    wait_ticks(server_a)
+    wait_ticks(server_b)
+    server_a.mark_load_start()
+    server_b.mark_load_start()
+    occupy(a0=20, a1=18, b=9)
+    wait_ticks(server_a)
+    wait_ticks(server_b)
+    server_a.mark_load_end()
+    server_b.mark_load_end()
+    occupy(a0=6, a1=5, b=7)
+    wait_ticks(server_a)
+    wait_ticks(server_b)
+    a, b = server_a.stop(), server_b.stop()
+
+    assert [(g.index, g.startup_peak, g.load_peak, g.steady, g.peak) for g in a.gpu] == [
+        (0, 4 * GIB + 512 * MIB, 20 * GIB + 512 * MIB, 6 * GIB + 512 * MIB, 20 * GIB + 512 * MIB),
+        (1, 4 * GIB, 18 * GIB, 5 * GIB, 18 * GIB),  # the stranger's 40 GiB left out
+    ]
+    assert measure(a, "gpu_memory_peak") == (38 * GIB + 512 * MIB, a.samples, "")
+    assert measure(a, "gpu_memory_load_peak") == (38 * GIB + 512 * MIB, a.samples, "")
+    assert measure(a, "gpu_memory_steady") == (11 * GIB + 512 * MIB, a.samples, "")
+    assert measure(a, "gpu_memory_peak_per_gpu") == (20 * GIB + 512 * MIB, a.samples, "")
+    assert (a.gpu_peak_total, a.gpu_peak_largest) == (38 * GIB + 512 * MIB, 20 * GIB + 512 * MIB)
+
+    # B sees GPU 2 alone, without the stranger's 30 GiB, and none of A's GPUs
+    assert [(g.index, g.startup_peak, g.load_peak, g.steady) for g in b.gpu] == [
+        (2, 3 * GIB, 9 * GIB, 7 * GIB)
+    ]
+    assert measure(b, "gpu_memory_peak") == measure(b, "gpu_memory_peak_per_gpu")
+    assert measure(b, "gpu_memory_peak") == (9 * GIB, b.samples, "")
+
+
+def test_the_largest_gpu_bound_is_not_measurable_when_no_gpu_was() -> None:
+    report = lifetime_report(_collected(gpu_reason="no NVIDIA GPU visible"), now=1.0)
+    value, n, reason = measure(report, "gpu_memory_peak_per_gpu") or (0.0, 0, "")
+    assert math.isnan(value) and n is None
+    assert reason == "no NVIDIA GPU visible"
+    assert report.gpu_peak_largest is None
 
 
 def test_gpu_report_says_why_when_the_tree_holds_no_gpu_memory() -> None:
