@@ -16,7 +16,7 @@ import math
 import pytest
 
 
-@pytest.mark.slo(host_memory_peak="<= 64 GiB", startup_time="<= 600 s", failure_rate="<= 0%")
+@pytest.mark.slo(host_memory_peak="<= 64 GiB", startup_time="<= 600 s", failures="<= 0")
 def test_tiny_on_vllm(llmslo_server_factory, llmslo_run, llmslo_assert):
     endpoint = llmslo_server_factory(
         backend="vllm",
