@@ -111,7 +111,12 @@ def run_scenario(
     finally:
         if telemetry is not None and window is not None:
             telemetry.mark_load_end()
-    error = f"load stopped early: {run.interrupted}" if run.interrupted else None
+    interrupted = run.interrupted
+    if interrupted is None and monitored is not None and any(r.error for r in run.records):
+        # requests to a dead server fail within milliseconds: the load can end before the
+        # engine's poll sees the exit, and the run must still not count as complete
+        interrupted = monitored.gone()
+    error = f"load stopped early: {interrupted}" if interrupted else None
     summary: Summary | None = None
     telemetry_report: TelemetryReport | None = None
     log_tail: str | None = None
@@ -131,7 +136,7 @@ def run_scenario(
         )
         note = token_note(run.records, tokenizer, missing_tokens_hint)
         failed_5xx = summary.failures_by_category.get("http_5xx", 0)
-        if monitored is not None and (run.interrupted or failed_5xx or monitored.gone()):
+        if monitored is not None and (interrupted or failed_5xx or monitored.gone()):
             log_tail = monitored.server.log_tail()
     except Exception as exc:  # recorded with every request kept, never lost to a traceback
         error = error or f"{type(exc).__name__}: {exc}"
@@ -149,7 +154,7 @@ def run_scenario(
         telemetry=telemetry_report,
         records=tuple(run.records),
         error=error,
-        interrupted=run.interrupted,
+        interrupted=interrupted,
         load=load,
         load_notes=load_notes + unsent,
         server_log_tail=log_tail,
