@@ -39,6 +39,8 @@ class Producer(str, enum.Enum):
     TELEMETRY = "telemetry"  # memory of the server's process tree, sampled (telemetry/measures)
     SERVER_METRICS = "server /metrics"  # the server's Prometheus endpoint (telemetry/measures)
     SERVER_START = "server start"  # the launcher's readiness clock (servers/, Endpoint)
+    CAPACITY = "capacity search"  # the steps of a scenario's `capacity:` search (capacity.py)
+    CLIENT = "client health"  # the load client's own loop, CPU and concurrency (client_health.py)
 
     def __str__(self) -> str:
         return self.value
@@ -53,7 +55,10 @@ class IntervalMethod(str, enum.Enum):
     PER_STATISTIC = "order statistic (percentiles), t (mean); min, max, std as measured"
     WILSON = "Wilson score interval"  # a proportion of the measured requests
     # t over equal time slices of the measured window (requests counted in the slice they end in)
-    BATCH_MEANS = "batch means over 10 time slices of the measured window"
+    BATCH_MEANS = (
+        "batch means over 10 time slices of the measured window; t over rounds when it ran several"
+    )
+    TREND = "ratio of the first and last thirds' median intervals (order statistic)"
     AS_MEASURED = "as measured"  # counts, peaks, gauges, the start time: one observation
 
     def __str__(self) -> str:
@@ -160,6 +165,17 @@ _SERVER_METRICS = DocGroup(
     'measurable"; servers without `/metrics` report "not served"; an external server\'s is '
     "asked for once at start (`metrics: auto`, the default), never (`false`) or required "
     "(`true`)"
+)
+_CAPACITY = DocGroup(
+    "the answer of a capacity search (`capacity:` in a scenario): the highest `parallel` or "
+    "`rate` at which every other objective of the scenario passed, decisively (an inconclusive "
+    "step is not a pass); judged as measured"
+)
+_CLIENT = DocGroup(
+    "the load client's own health over the measured phase (`client_health.py`): where it fell "
+    "behind (a closed loop under 80% of `parallel` in flight, an open loop's median send 100 ms "
+    "late, 95% of a core, or a loop late by 250 ms on one probe in ten), every other objective "
+    "of the run is inconclusive with the reason, never a server failure; judged as measured"
 )
 
 METRICS: tuple[Metric, ...] = (
@@ -318,6 +334,17 @@ METRICS: tuple[Metric, ...] = (
         interval=IntervalMethod.WILSON,
     ),
     Metric(
+        "ttft_growth",
+        _S,
+        UnitKind.FACTOR,
+        "median TTFT of the last third of the successful requests (by send time) over that of "
+        "the first third: about 1x below the knee; a server past it (its queue growing for "
+        "as long as the load lasts) shows a growing TTFT, and at 2x or more, decisively, the "
+        "run is reported as saturated",
+        _LOAD,
+        interval=IntervalMethod.TREND,
+    ),
+    Metric(
         "startup_time",
         _S,
         UnitKind.TIME,
@@ -417,6 +444,68 @@ METRICS: tuple[Metric, ...] = (
         _METRICS_EP,
         gauge=True,
         group=_SERVER_METRICS,
+    ),
+    Metric(
+        "max_parallel",
+        _S,
+        UnitKind.COUNT,
+        "capacity search (`vary: parallel`): the highest number of concurrent users at which "
+        "every other objective of the scenario passed",
+        Producer.CAPACITY,
+        group=_CAPACITY,
+    ),
+    Metric(
+        "max_rate",
+        _S,
+        UnitKind.REQUEST_RATE,
+        "capacity search (`vary: rate`): the highest request rate at which every other "
+        "objective of the scenario passed",
+        Producer.CAPACITY,
+        group=_CAPACITY,
+    ),
+    # --- the client's own health --------------------------------------------------------------
+    Metric(
+        "client_loop_lag_p90",
+        _S,
+        UnitKind.TIME,
+        "90th percentile of how late a 20 ms timer fired on the client's event loop (the loop "
+        "that sends requests and stamps chunks) during the measured load",
+        Producer.CLIENT,
+        group=_CLIENT,
+    ),
+    Metric(
+        "client_loop_lag_p99",
+        _S,
+        UnitKind.TIME,
+        "99th percentile of that timer's lateness",
+        Producer.CLIENT,
+        group=_CLIENT,
+    ),
+    Metric(
+        "client_loop_lag_max",
+        _S,
+        UnitKind.TIME,
+        "the latest that timer fired: the client's longest stall",
+        Producer.CLIENT,
+        group=_CLIENT,
+    ),
+    Metric(
+        "client_cpu",
+        _S,
+        UnitKind.RATIO,
+        "CPU time of the client process (every thread, telemetry sampling included) per second "
+        "of the measured load; 100% is one core, all the event loop can use",
+        Producer.CLIENT,
+        group=_CLIENT,
+    ),
+    Metric(
+        "client_concurrency_ratio",
+        _S,
+        UnitKind.RATIO,
+        "closed loop: requests in flight on average (their durations summed over the window) "
+        "over `parallel`; below 100% by the client's time between a response and the next send",
+        Producer.CLIENT,
+        group=_CLIENT,
     ),
 )
 

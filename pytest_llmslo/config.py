@@ -30,10 +30,13 @@ from pytest_llmslo.kinds import (
     Integer,
     JsonBody,
     JsonlField,
+    LoadLevel,
     MetricsMode,
     ModelName,
     Number,
     Rate,
+    RoundLimits,
+    SearchResolution,
     ServerArgs,
     StringMap,
     Strings,
@@ -397,15 +400,18 @@ class LoadConfig:
     __repr__ = _redacted_repr
 
 
-InconclusivePolicy = Literal["fail", "pass"]
+InconclusivePolicy = Literal["fail", "pass", "rerun"]
 INCONCLUSIVE_POLICIES: tuple[str, ...] = typing.get_args(InconclusivePolicy)
 DEFAULT_CONFIDENCE = 0.95
+# rounds a scenario may run under `inconclusive: rerun` when its spec sets no `rounds`
+RERUN_ROUNDS = 5
 
 
 @dataclass(frozen=True)
 class VerdictsConfig:
-    """How objectives are judged: the confidence of each value's interval, and what an
-    objective whose interval straddles its threshold (inconclusive) counts as."""
+    """How objectives are judged: the confidence of each value's interval, what an objective
+    whose interval straddles its threshold (inconclusive) counts as, and how many rounds a
+    scenario may run to decide."""
 
     confidence: float = field(
         default=DEFAULT_CONFIDENCE,
@@ -420,7 +426,97 @@ class VerdictsConfig:
         metadata=spec_key(
             Choice(INCONCLUSIVE_POLICIES, "inconclusive policy"),
             "what an inconclusive objective counts as: `fail` (a failed test reading "
-            "`INCONCLUSIVE`, the safe default before a release) or `pass` (a passed test with "
-            "an `SLOInconclusiveWarning`)",
+            "`INCONCLUSIVE`, the safe default before a release), `pass` (a passed test with "
+            "an `SLOInconclusiveWarning`) or `rerun` (more rounds, up to `rounds`' max, "
+            f"{RERUN_ROUNDS} when `rounds` is not set; then as `fail`)",
         ),
     )
+    rounds: tuple[int, int] | None = field(
+        default=None,
+        metadata=spec_key(
+            RoundLimits(),
+            "rounds of the scenario's load on the same server: `min` always, then one more "
+            "while some objective is inconclusive, up to `max`; the rounds' samples are pooled",
+            default=f"`1` (`{{min: 1, max: {RERUN_ROUNDS}}}` under `inconclusive: rerun`)",
+        ),
+    )
+
+    client_guard: bool = field(
+        default=True,
+        metadata=spec_key(
+            Flag(),
+            "judge the scenario's server objectives inconclusive when the load client fell "
+            "behind (its event loop, CPU or arrival schedule; see Client health)",
+            default="`true`",
+        ),
+    )
+
+    def round_limits(self) -> tuple[int, int]:
+        """(min, max) rounds: as set, or one round, or up to RERUN_ROUNDS under `rerun`."""
+        if self.rounds is not None:
+            return self.rounds
+        return (1, RERUN_ROUNDS) if self.inconclusive == "rerun" else (1, 1)
+
+    @property
+    def inconclusive_passes(self) -> bool:
+        """Whether an objective still inconclusive at the end counts as passed."""
+        return self.inconclusive == "pass"
+
+
+Vary = Literal["parallel", "rate"]
+VARIES: tuple[str, ...] = typing.get_args(Vary)
+DEFAULT_GROWTH = 2.0
+# where bisection stops when the spec does not say: one user, or 10% of the rate
+DEFAULT_RESOLUTION: dict[str, float] = {"parallel": 1.0, "rate": 0.10}
+
+
+@dataclass(frozen=True)
+class CapacityConfig:
+    """A capacity search (`capacity:`): the scenario's load at rising `parallel` or `rate`,
+    each step judged by the scenario's objectives, up to the highest load at which they hold."""
+
+    vary: Vary = field(
+        metadata=spec_key(
+            Choice(VARIES, "load to vary"),
+            "`parallel` (closed loop: concurrent users) or `rate` (open loop: requests per "
+            "second); it replaces that key of the scenario's `load` at each step",
+        )
+    )
+    start: float = field(metadata=spec_key(LoadLevel(), "the first load tried"))
+    max: float = field(metadata=spec_key(LoadLevel(), "the highest load tried; not below `start`"))
+    budget: float = field(
+        metadata=spec_key(
+            Duration(),
+            "time the search may take (server start not included): no step starts after it, "
+            "and a step's measured load is cut to what is left of it; a search it stops "
+            "answers with the highest load proven so far, labelled budget-limited",
+        )
+    )
+    growth: float = field(
+        default=DEFAULT_GROWTH,
+        metadata=spec_key(
+            Number(positive=True),
+            "factor between the loads of the upward probe (`start`, `start x growth`, ... "
+            "`max`); above 1",
+            type="number > 1",
+        ),
+    )
+    resolution: float | None = field(
+        default=None,
+        metadata=spec_key(
+            SearchResolution(),
+            "bisection between the highest passing and the lowest failing load stops when "
+            "they are this close: a number of users (`parallel`), or a share of the passing "
+            "load (`rate`)",
+            default="`1` (`parallel`), `10%` (`rate`)",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.resolution is None:  # per `vary`: a whole user, or a tenth of the rate
+            object.__setattr__(self, "resolution", DEFAULT_RESOLUTION[self.vary])
+
+    @property
+    def step(self) -> float:
+        """The resolution, with its per-`vary` default applied."""
+        return self.resolution if self.resolution is not None else DEFAULT_RESOLUTION[self.vary]

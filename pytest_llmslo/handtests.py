@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig
+from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig, VerdictsConfig
 from pytest_llmslo.datasets import load_prompts
 from pytest_llmslo.metrics import DEFAULT_PERCENTILES, Summary
 from pytest_llmslo.models import resolve_model
 from pytest_llmslo.records import Endpoint, Prompt, RequestRecord
 from pytest_llmslo.result import ScenarioResult, Started
 from pytest_llmslo.runner import MonitoredServer, run_scenario
-from pytest_llmslo.schema import load_config
+from pytest_llmslo.schema import load_config, verdicts_config
 from pytest_llmslo.slo import (
     Measurement,
     Objective,
@@ -74,6 +74,7 @@ def run_workload(
     tokenizer_model: str | None = None,
     servers: ServerFactory | None = None,
     name: str = "workload",
+    verdicts: VerdictsConfig | Mapping[str, Any] | None = None,
 ) -> LoadRun:
     """Runs a workload against an endpoint without pytest: prompts may be strings, Prompt objects
     or a DatasetConfig; `load` a LoadConfig or a mapping of its fields (default: 1 user,
@@ -81,7 +82,8 @@ def run_workload(
 
     An endpoint that `servers` (a ServerFactory) started gets telemetry: its memory objectives
     are measured. Any other endpoint was not started by this run, and those objectives are not
-    measurable.
+    measurable. `verdicts` ({"confidence": 0.95, "inconclusive": "rerun", "rounds": {"min": 1,
+    "max": 5}}) is a spec's `verdicts:`: how objectives are judged and how many rounds may run.
     """
     return LoadRun.of(
         workload_result(
@@ -94,6 +96,7 @@ def run_workload(
             tokenizer_model=tokenizer_model,
             servers=servers,
             name=name,
+            verdicts=verdicts,
         )
     )
 
@@ -110,6 +113,7 @@ def workload_result(
     servers: ServerFactory | None = None,
     name: str = "workload",
     source: str = "",
+    verdicts: VerdictsConfig | Mapping[str, Any] | None = None,
 ) -> ScenarioResult:
     """`run_workload`'s result before it is wrapped; `source` names where the run comes from in
     the reports (a test's node id)."""
@@ -136,6 +140,7 @@ def workload_result(
         request_slo=tuple(parse_request_objective(k, v) for k, v in (request_slo or {}).items()),
         percentiles=tuple(percentiles),
         line=0,
+        verdicts=as_verdicts_config(verdicts),
     )
     return run_scenario(
         scenario,
@@ -173,6 +178,14 @@ def _load_config(load: LoadConfig | Mapping[str, Any] | None) -> LoadConfig:
         values.setdefault("requests", 10)
     # checked as a spec's `load:` is: ConfigError names the key, the problem and the fix
     return load_config(values, where="run_workload(load=...)")
+
+
+def as_verdicts_config(verdicts: VerdictsConfig | Mapping[str, Any] | None) -> VerdictsConfig:
+    """A run's `verdicts=`: a VerdictsConfig as given, or one read from a mapping (None: the
+    defaults)."""
+    if isinstance(verdicts, VerdictsConfig):
+        return verdicts
+    return verdicts_config(verdicts or {})
 
 
 def parse_objectives(objectives: Mapping[str, str]) -> tuple[Objective, ...]:

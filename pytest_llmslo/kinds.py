@@ -43,6 +43,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 
 _CLIENT_HEADERS = ("host", "content-length", "content-type", "transfer-encoding")
 
 
+# a scenario that needs more rounds than this to decide needs a longer round instead
+MAX_ROUNDS = 50
+
+
 @dataclass(frozen=True)
 class Context:
     """What a key's check may depend on beyond its own value."""
@@ -556,6 +560,32 @@ class ByteSize:
 
 
 @dataclass(frozen=True)
+class RoundLimits:
+    """How many rounds a scenario runs: ``N`` (exactly N) or ``{min: N, max: M}``."""
+
+    doc: str = "integer >= 1, or `{min: N, max: M}` with 1 <= N <= M"
+
+    def read(self, value: Value, ctx: Context) -> tuple[int, int]:
+        if value.shape() != "mapping":
+            exactly = read_int(value, minimum=1, maximum=MAX_ROUNDS)
+            return exactly, exactly
+        entries = value.entries()
+        unknown = sorted(set(entries) - {"min", "max"})
+        if unknown:
+            raise entries[unknown[0]].key_error(
+                f"unknown key {unknown[0]!r}", choices=("min", "max")
+            )
+        low = read_int(entries["min"], minimum=1, maximum=MAX_ROUNDS) if "min" in entries else 1
+        high = read_int(entries["max"], minimum=1, maximum=MAX_ROUNDS) if "max" in entries else low
+        if high < low:
+            raise value.error(
+                f"max ({high}) is below min ({low})",
+                fix="Write e.g. rounds: {min: 1, max: 5}: at least min rounds, at most max.",
+            )
+        return low, high
+
+
+@dataclass(frozen=True)
 class FailureBudget:
     """Failed requests a run may have: a count, a percentage of ``requests``, or null."""
 
@@ -582,3 +612,48 @@ class FailureBudget:
                 fix=f"Write a share of the requests as a percentage, e.g. {got * 100:g}%.",
             )
         return read_int(value, minimum=0)
+
+
+# --- capacity search (`capacity:`): keys whose meaning depends on `vary` ----------------------
+
+
+@dataclass(frozen=True)
+class LoadLevel:
+    """A load a capacity search tries: concurrent users (`vary: parallel`) or requests per second
+    (`vary: rate`); ``ctx.section["vary"]`` says which."""
+
+    doc: str = (
+        f'integer 1-{MAX_PARALLEL:,} (`vary: parallel`); a rate, `4` or `"4 req/s"` (`vary: rate`)'
+    )
+
+    def read(self, value: Value, ctx: Context) -> float:
+        if ctx.section.get("vary") == "rate":
+            return Rate().read(value, ctx)
+        return float(read_int(value, minimum=1, maximum=MAX_PARALLEL))
+
+
+@dataclass(frozen=True)
+class SearchResolution:
+    """When a capacity search's bisection stops: a step of users (`vary: parallel`), or a
+    fraction of the load (`vary: rate`: ``"10%"`` or ``0.1``)."""
+
+    doc: str = "integer >= 1 (`vary: parallel`); a percentage or fraction in (0, 1) (`vary: rate`)"
+
+    def read(self, value: Value, ctx: Context) -> float:
+        if ctx.section.get("vary") != "rate":
+            return float(read_int(value, minimum=1))
+        got = value.scalar()
+        if isinstance(got, str):
+            try:
+                share = parse_quantity(got, UnitKind.RATIO).value
+            except UnitError as error:
+                raise value.error(error.message, fix=error.fix) from None
+        else:
+            share = read_number(value)
+        if not 0 < share < 1:
+            raise value.error(
+                f"a rate search's resolution is a share of the load in (0, 1), got {got!r}",
+                fix="Write e.g. resolution: 10% (bisection stops when the failing rate is within "
+                "10% of the passing one).",
+            )
+        return share

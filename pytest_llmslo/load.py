@@ -25,6 +25,7 @@ from typing import Any
 
 from pytest_llmslo import interrupts
 from pytest_llmslo.arrivals import arrival_offsets
+from pytest_llmslo.client_health import ClientHealth, LagProbe
 from pytest_llmslo.config import LoadConfig
 from pytest_llmslo.decode import DecodePath, decode_answer, decode_stream, finish
 from pytest_llmslo.http_client import (
@@ -56,6 +57,7 @@ class LoadResult:
     # how many answers each decoder read (decode.DecodePath): a vLLM-shaped stream that is not
     # read by "bulk" costs about half of the client's capacity, and only this count shows it
     decoded_by: dict[DecodePath, int] = field(default_factory=dict)
+    client: ClientHealth | None = None  # the client's side of the measured phase
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -268,6 +270,9 @@ class _Run:
         gc.freeze()
         start = monotonic()
         measured_start = start
+        # the client's own health over the measured phase (client_health.py)
+        probe = LagProbe()
+        client: ClientHealth | None = None
         try:
             await self._prewarm()
             if self.config.warmup and not self.stopped.is_set():
@@ -279,7 +284,11 @@ class _Run:
                 count = self.config.requests
                 if count is None and self.config.duration is None:
                     count = len(self.prompts)
-                await self._phase(warmup=False, count=count, duration=self.config.duration)
+                probe.start()
+                try:
+                    await self._phase(warmup=False, count=count, duration=self.config.duration)
+                finally:
+                    client = await probe.stop()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -307,6 +316,7 @@ class _Run:
             self.config,
             self.interrupted,
             dict(sorted(self._decoded_by.items())),
+            client,
         )
 
     async def _parse_completed(self) -> None:

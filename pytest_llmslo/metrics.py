@@ -8,6 +8,7 @@ with a reason, never 0: a gate must not pass on "no data".
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pytest_llmslo import saturation
 from pytest_llmslo.catalogue import BY_NAME, IntervalMethod, MetricKind, Producer, names
 from pytest_llmslo.intervals import (
     Interval,
@@ -25,6 +27,7 @@ from pytest_llmslo.intervals import (
     mean_interval,
     proportion_interval,
     quantile_interval,
+    rounds_interval,
 )
 from pytest_llmslo.records import RequestRecord
 
@@ -118,6 +121,19 @@ class Summary:
     good: int = 0  # requests that succeeded and met every per-request objective
     # per window rate (output_throughput, ...): its value in each of BATCHES equal time slices
     batches: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False, compare=False)
+    rounds: int = 1  # rounds pooled (`verdicts.rounds`); duration_s is their windows' total
+    # the measured requests' durations summed (send to end): over duration_s, the concurrency
+    # the client achieved
+    busy_seconds: float = 0.0
+    # TTFTs of the first and the last third of the successful requests by send time: the trend
+    # through the run that tells a saturated server (saturation.py)
+    ttft_thirds: tuple[tuple[float, ...], tuple[float, ...]] = field(
+        default=((), ()), repr=False, compare=False
+    )
+    # per window rate, when rounds > 1: its value in each round's window
+    round_values: dict[str, tuple[float, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def interval(self, metric: str, confidence: float) -> Interval | None:
         """The confidence interval of `metric` by the method the catalogue names for it; None
@@ -131,8 +147,13 @@ class Summary:
             if method is IntervalMethod.WILSON:
                 hits = self.failed if metric == "failure_rate" else self.good
                 return proportion_interval(hits, self.requests, confidence)
+            if method is IntervalMethod.BATCH_MEANS and metric in self.round_values:
+                # several rounds: independent measurements of the window value
+                return rounds_interval(self.round_values[metric], confidence)
             if method is IntervalMethod.BATCH_MEANS and metric in self.batches:
                 return batch_means_interval(self.batches[metric], confidence)
+            if method is IntervalMethod.TREND:
+                return saturation.growth_interval(*self.ttft_thirds, confidence)
             return exact(value, n or 1)
         base, _, stat = metric.rpartition("_")
         sample = self.samples.get(base)
@@ -174,7 +195,12 @@ PER_RUN: dict[str, Callable[[Summary], tuple[float, int]]] = {
     "failures": lambda s: (float(s.failed), s.requests),
     "goodput": lambda s: (s.goodput, s.requests),
     "goodput_ratio": lambda s: (s.goodput_ratio, s.requests),
+    "ttft_growth": lambda s: (_growth(s), sum(map(len, s.ttft_thirds))),
 }
+
+
+def _growth(s: Summary) -> float:
+    return saturation.growth(*s.ttft_thirds)[0]
 
 
 # --- per-request definitions -------------------------------------------------------------------
@@ -306,8 +332,14 @@ def summarize(
     window: tuple[float, float] | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     request_objectives: Sequence[RequestObjective] = (),
+    rounds: Sequence[tuple[float, float]] = (),
 ) -> Summary:
-    """Summarise the measured (non-warmup) records; `window` is (start, end) on time.monotonic()."""
+    """Summarise the measured (non-warmup) records; `window` is (start, end) on time.monotonic().
+
+    `rounds`: the measured windows of several rounds whose records are pooled here; a rate is
+    then the total over their summed length, and each round's own value is kept for the
+    interval (t over rounds). The gaps between rounds count nowhere.
+    """
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
     pcts = tuple(sorted({float(p) for p in percentiles}))
@@ -320,6 +352,8 @@ def summarize(
     if window is None and measured:
         window = (min(r.sent_at for r in measured), max(r.end_at for r in measured))
     duration = (window[1] - window[0]) if window else NAN
+    if len(rounds) > 1:
+        duration = sum(end - start for start, end in rounds)
 
     samples = {
         name: _sample(PER_REQUEST[name], measured if name in _OVER_EVERY_REQUEST else ok)
@@ -339,6 +373,10 @@ def summarize(
         reasons["answer_tokens"] = "output or reasoning token counts are missing"
     if ok and samples["itl"].size == 0:
         reasons["itl"] = "no successful request streamed 2 or more content chunks"
+    thirds = _ttft_thirds(ok)
+    growth_reason = saturation.growth(*thirds)[1]
+    if ok and growth_reason:
+        reasons["ttft_growth"] = growth_reason
     if samples["dispatch_lag"].size == 0:
         reasons["dispatch_lag"] = "closed-loop run: requests have no arrival schedule"
 
@@ -364,6 +402,15 @@ def summarize(
     if not request_objectives:
         reasons["goodput"] = reasons["goodput_ratio"] = "no per-request objectives are set"
     failures = Counter(str(r.error) for r in measured if not r.ok)
+    # what each window rate counts, and when it was counted (a request's end)
+    counted: dict[str, list[tuple[float, float | None]]] = {
+        "output_throughput": [(r.end_at, r.output_tokens) for r in ok],
+        "total_token_throughput": [
+            (r.end_at, _sum_or_none(r.input_tokens, r.output_tokens)) for r in ok
+        ],
+        "request_throughput": [(r.end_at, 1) for r in ok],
+        "goodput": [(r.end_at, 1) for r in good_requests] if request_objectives else [],
+    }
     examples: dict[str, str] = {}
     for r in measured:
         if r.error is not None:
@@ -389,17 +436,11 @@ def summarize(
         reasons=reasons,
         samples=samples,
         good=good,
-        batches=_batches(
-            window,
-            {
-                "output_throughput": [(r.end_at, r.output_tokens) for r in ok],
-                "total_token_throughput": [
-                    (r.end_at, _sum_or_none(r.input_tokens, r.output_tokens)) for r in ok
-                ],
-                "request_throughput": [(r.end_at, 1) for r in ok],
-                "goodput": [(r.end_at, 1) for r in good_requests] if request_objectives else [],
-            },
-        ),
+        batches=_batches(window, counted) if len(rounds) <= 1 else {},
+        rounds=max(len(rounds), 1),
+        busy_seconds=sum(r.end_at - r.sent_at for r in measured),
+        ttft_thirds=thirds,
+        round_values=_per_round(rounds, counted) if len(rounds) > 1 else {},
     )
 
 
@@ -425,6 +466,32 @@ def _batches(
             i = min(max(int((end - start) / length), 0), BATCHES - 1)
             slices[i] += float(amount or 0)
         out[name] = tuple(v / length for v in slices)
+    return out
+
+
+def _ttft_thirds(ok: Sequence[RequestRecord]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    first, last = saturation.thirds([(r.sent_at, t) for r in ok if (t := ttft(r)) is not None])
+    return tuple(first), tuple(last)
+
+
+def _per_round(
+    rounds: Sequence[tuple[float, float]], counted: dict[str, list[tuple[float, float | None]]]
+) -> dict[str, tuple[float, ...]]:
+    """Per rate: its value in each round's window. Rounds run one after another, so a request
+    belongs to the last round that started before it ended."""
+    starts = [start for start, _ in rounds]
+    out: dict[str, tuple[float, ...]] = {}
+    for name, items in counted.items():
+        if not items or any(amount is None for _, amount in items):
+            continue
+        totals = [0.0] * len(rounds)
+        for end, amount in items:
+            i = max(bisect.bisect_right(starts, end) - 1, 0)
+            totals[i] += float(amount or 0)
+        out[name] = tuple(
+            _rate(total, end - start, True)
+            for total, (start, end) in zip(totals, rounds, strict=True)
+        )
     return out
 
 

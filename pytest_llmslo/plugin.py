@@ -26,6 +26,7 @@ from pytest_llmslo.redact import redact_url
 # when a spec is collected or an llmslo_* fixture is used, so having the plugin installed costs a
 # plain test run nothing.
 if TYPE_CHECKING:
+    from pytest_llmslo.baseline import Baseline
     from pytest_llmslo.handtests import LoadRun, ServerFactory
     from pytest_llmslo.report_writer import RunFolder, Written
     from pytest_llmslo.session import SloSession
@@ -77,10 +78,35 @@ _OPTIONS = [
         "--slo-inconclusive",
         "slo_inconclusive",
         "LLMSLO_INCONCLUSIVE",
-        "What an inconclusive objective counts as: fail (default) or pass (with a warning); "
-        "overrides the specs' verdicts.inconclusive.",
+        "What an inconclusive objective counts as: fail (default), pass (with a warning) or "
+        "rerun (more rounds on the same server until decisive, then fail); overrides the "
+        "specs' verdicts.inconclusive.",
+    ),
+    (
+        "--slo-baseline",
+        "slo_baseline",
+        "LLMSLO_BASELINE",
+        "results.json of an earlier run (or its run folder) that relative objectives (such as "
+        "'<= baseline + 20 ms') are compared with.",
+    ),
+    (
+        "--slo-save-baseline",
+        "slo_save_baseline",
+        "LLMSLO_SAVE_BASELINE",
+        "Also write this run's results.json here (a file, or a folder to hold results.json), "
+        "to compare later runs with.",
+    ),
+    (
+        "--slo-baseline-allow-mismatch",
+        "slo_baseline_allow_mismatch",
+        "LLMSLO_BASELINE_ALLOW_MISMATCH",
+        "Compare with a baseline that ran on other hardware or another model (refused "
+        "otherwise); the differences are reported.",
     ),
 ]
+# on/off options: a bare flag on the command line, true/false in the ini file and environment
+_SWITCHES = ("--slo-baseline-allow-mismatch",)
+_TRUE = ("1", "true", "yes", "on")
 
 
 class Settings:
@@ -109,6 +135,25 @@ class Settings:
         self.confidence = _confidence(raw, self.source.get("slo_confidence", "")) if raw else None
         raw = self._one(config, 6)
         self.inconclusive = _policy(raw, self.source.get("slo_inconclusive", "")) if raw else None
+        self._baseline_options(config)
+
+    def _baseline_options(self, config: pytest.Config) -> None:
+        # read now: a wrong baseline path fails at start-up, before any server starts
+        raw = self._one(config, _index("--slo-baseline"))
+        self.baseline_path = Path(raw) if raw else None
+        self.baseline: Baseline | None = None
+        if self.baseline_path is not None:
+            from pytest_llmslo.baseline import BaselineError, load_baseline
+
+            try:
+                self.baseline = load_baseline(self.baseline_path)
+            except BaselineError as exc:
+                where = self.source["slo_baseline"]
+                raise pytest.UsageError(f"pytest-llmslo: {where}: {exc}") from None
+        raw = self._one(config, _index("--slo-save-baseline"))
+        self.save_baseline = _save_target(Path(raw), self.source) if raw else None
+        raw = self._one(config, _index("--slo-baseline-allow-mismatch"))
+        self.allow_mismatch = raw is not None and raw.strip().lower() in _TRUE
 
     def _one(self, config: pytest.Config, i: int) -> str | None:
         flag, ini, env, _ = _OPTIONS[i]
@@ -137,6 +182,23 @@ class Settings:
         if value:
             self.source[ini] = f"ini {ini}"
         return list(value or [])
+
+
+def _index(flag: str) -> int:
+    return next(i for i, option in enumerate(_OPTIONS) if option[0] == flag)
+
+
+def _save_target(path: Path, source: dict[str, str]) -> Path:
+    """The file --slo-save-baseline writes: `path`, or results.json in it when it is a folder
+    (an existing one, or a name without a .json suffix)."""
+    target = path / "results.json" if path.is_dir() or path.suffix != ".json" else path
+    blocker = next((p for p in (target, *target.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None and blocker != target:
+        raise pytest.UsageError(
+            f"pytest-llmslo: {source['slo_save_baseline']} {path}: {blocker} is a file, so "
+            f"{target} cannot be written; name a folder or a .json file"
+        )
+    return target
 
 
 def _positive_int(raw: str, where: str) -> int:
@@ -181,9 +243,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmslo", "LLM inference-service SLO testing (pytest-llmslo)")
     for flag, ini, env, text in _OPTIONS:
         kw: dict[str, Any] = {"action": "append", "default": []} if flag == "--slo" else {}
+        if flag in _SWITCHES:
+            kw = {"action": "store_true", "default": False}
         group.addoption(flag, dest=ini, help=f"{text} Env: {env}. Ini: {ini}.", **kw)
         if flag == "--slo":
             parser.addini(ini, help=text, type="paths")
+        elif flag in _SWITCHES:
+            parser.addini(ini, help=text, type="bool", default=False)
         else:
             parser.addini(ini, help=text, type="string")
 
@@ -230,6 +296,9 @@ def _open_session(config: pytest.Config, settings: Settings) -> SloSession:
         request_limit=settings.max_requests,
         confidence=settings.confidence,
         inconclusive=settings.inconclusive,
+        baseline=settings.baseline,
+        allow_mismatch=settings.allow_mismatch,
+        recording_baseline=settings.save_baseline is not None and settings.baseline is None,
     )
 
 
@@ -356,6 +425,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         parts.append(f"confidence={settings.confidence:g}")
     if settings.inconclusive is not None:
         parts.append(f"inconclusive={settings.inconclusive}")
+    if settings.baseline_path is not None:
+        parts.append(f"baseline={settings.baseline_path}")
+    if settings.save_baseline is not None:
+        parts.append(f"save_baseline={settings.save_baseline}")
+    if settings.allow_mismatch:
+        parts.append("baseline_allow_mismatch=true")
     sources = ", ".join(f"{k} from {v}" for k, v in sorted(settings.source.items()))
     return [" ".join(parts)] + ([f"llmslo settings: {sources}"] if sources else [])
 
@@ -379,6 +454,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                     os.environ.get("GITHUB_STEP_SUMMARY"),
                     run=session.config.stash.get(_RUN_KEY, None),
                     notices=slo.notices,
+                    baseline_copy=settings.save_baseline,
                 )
                 session.config.stash[_WRITTEN_KEY] = written
         finally:
@@ -436,7 +512,7 @@ def llmslo_run(
     """`llmslo_run(endpoint, prompts_or_dataset, load, **options)` -> LoadRun (`run_workload`'s
     options). The run is judged against the test's `slo` marker and appears in report.md,
     results.json and the test's JUnit properties, as a spec scenario does."""
-    from pytest_llmslo.handtests import LoadRun, workload_result
+    from pytest_llmslo.handtests import LoadRun, as_verdicts_config, workload_result
 
     marker = request.node.get_closest_marker("slo")
     session = slo_session(request.config)
@@ -447,6 +523,9 @@ def llmslo_run(
         kwargs.setdefault("servers", llmslo_server_factory)
         name = request.node.name if not keys else f"{request.node.name}-{len(keys) + 1}"
         kwargs.setdefault("name", name)
+        # the session's --slo-confidence / --slo-inconclusive hold before the run, so that
+        # `rerun` can run its rounds
+        kwargs["verdicts"] = session.verdicts_for(as_verdicts_config(kwargs.get("verdicts")))
         # a signal stops the load (its records kept, the run reported), then ends the session
         # like a Ctrl-C anywhere else, instead of letting the test go on with half a run
         with interrupts.shielded():

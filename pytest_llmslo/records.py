@@ -61,6 +61,7 @@ class RequestRecord:
     error_message: str = ""
     output_text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    round: int = 1  # which round of the scenario sent it (`verdicts.rounds`), from 1
 
     @property
     def ok(self) -> bool:

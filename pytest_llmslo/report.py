@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmslo import client_health
+from pytest_llmslo.capacity import describe as describe_capacity
 from pytest_llmslo.catalogue import Metric, MetricKind, Producer, select
 from pytest_llmslo.environment import RunInfo
 from pytest_llmslo.intervals import Interval
@@ -30,8 +32,16 @@ from pytest_llmslo.redact import (
     redact_url,
     server_secrets,
 )
+from pytest_llmslo.report_capacity import capacity_json, capacity_lines, request_records
+from pytest_llmslo.report_rounds import rounds_json, rounds_lines
 from pytest_llmslo.report_telemetry import telemetry_lines
-from pytest_llmslo.slo import Verdict, format_measured
+from pytest_llmslo.slo import (
+    Measurement,
+    Verdict,
+    format_measured,
+    format_value,
+    relative_change,
+)
 
 if TYPE_CHECKING:
     from pytest_llmslo.config import LoadConfig, ServerConfig
@@ -41,8 +51,10 @@ if TYPE_CHECKING:
 
 # v2: `load` is the load that ran (v1 repeated the spec's), with `spec_load` and `load_notes`;
 # `server_config`, `run.id`, `skipped`, `wall_seconds`, `margin_reason`; credentials redacted;
-# no NaN or Infinity anywhere (null, with a reason beside it). See docs/results-schema.md.
-RESULTS_SCHEMA = "pytest-llmslo/results/v3"
+# no NaN or Infinity anywhere (null, with a reason beside it). v3: intervals and outcomes.
+# v4: per scenario `fingerprint`, `measurements` and `baseline`, so a run can be a baseline;
+# a relative verdict's `baseline`. See docs/results-schema.md.
+RESULTS_SCHEMA = "pytest-llmslo/results/v4"
 # the latency table's rows: the load's distributions the catalogue gives a report label
 _LATENCY_ROWS: tuple[Metric, ...] = tuple(
     m for m in select(kind=MetricKind.DISTRIBUTION, producer=Producer.LOAD) if m.report_label
@@ -65,6 +77,8 @@ def _mark(passed: bool) -> str:
 
 
 def _outcome_mark(v: Verdict) -> str:
+    if v.skipped is not None:
+        return "skipped"
     # an inconclusive objective shows what the policy made of it, and that it was not decisive
     if v.inconclusive:
         return f"{_mark(v.passed)} inconclusive"
@@ -164,6 +178,15 @@ def scenario_section(res: ScenarioResult) -> str:
                 f"{_num(answer.mean)} answer (max {_num(reasoning.max, 0)} and "
                 f"{_num(answer.max, 0)})"
             )
+    client = client_health.describe(res.client, s, res.load)
+    if client:
+        out.append(f"- client: {client}")
+    saturated = res.saturated
+    if saturated is not None:
+        out.append(f"- **{saturated}**")
+    behind = res.client_behind
+    if behind is not None:
+        out.append(f"- **{behind}**: the server objectives are inconclusive")
     if res.token_note:
         out.append(f"- **token counts**: {res.token_note}")
     if res.error:
@@ -181,6 +204,9 @@ def scenario_section(res: ScenarioResult) -> str:
         for v in res.verdicts:
             out.append(_verdict_row(v))
         out.append("")
+    out += rounds_lines(res)
+    out += comparison_lines(res)
+    out += capacity_lines(res)
     if s is not None and s.succeeded:
         pcts = list(s.percentiles)
         out.append("| ms | mean | " + " | ".join(f"p{p:g}" for p in pcts) + " | max | n |")
@@ -224,6 +250,69 @@ def scenario_section(res: ScenarioResult) -> str:
             "",
         ]
     return result_secrets(res).scrub("\n".join(out))
+
+
+def comparison_lines(res: ScenarioResult) -> list[str]:
+    """The relative objectives against the baseline: value, baseline, change, verdict; and how
+    the two runs' setups differ. Nothing for a scenario without relative objectives."""
+    relative = [v for v in res.verdicts if v.objective.relative]
+    if not relative:
+        return []
+    comparison = res.comparison
+    out = ["Against the baseline:"]
+    if comparison is not None and comparison.entry is not None:
+        out.append(f"- baseline: `{comparison.source}`, {comparison.entry.describe()}")
+    if comparison is not None and comparison.differences:
+        out.append("- setup differences (fingerprint):")
+        out += [f"  - {d.kind}: {d.describe()}" for d in comparison.differences]
+    if comparison is not None and comparison.refused:
+        out.append(f"- **comparison refused**: {comparison.refused}")
+    if comparison is not None and comparison.missing:
+        out.append(f"- **no baseline**: {comparison.missing}")
+    if comparison is not None and comparison.skip:
+        out.append(f"- not compared: {comparison.skip}")
+    # a reason stated above for the whole scenario is not repeated in every row
+    stated = comparison is not None and bool(
+        comparison.refused or comparison.missing or comparison.skip
+    )
+    out += [
+        "",  # a list above ends before the table
+        "| metric | value [interval] | baseline [interval] | change | objective | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [_comparison_row(v, stated) for v in relative]
+    out.append("")
+    return out
+
+
+def _comparison_row(v: Verdict, stated: bool) -> str:
+    metric = v.objective.metric
+    value = _shown(metric, v.measured)
+    before = v.baseline
+    if before is None or (stated and math.isnan(before.value)):
+        baseline = "–"
+    else:
+        baseline = _shown(metric, before)
+    change = None if before is None else relative_change(v.measured.value, before.value)
+    objective = v.objective.text
+    if before is not None and not math.isnan(before.value):
+        objective += f" (= {format_value(metric, v.effective.threshold)})"
+    cells = [
+        metric,
+        value,
+        baseline,
+        "–" if change is None else f"{change:+.1%}",
+        objective,
+        _outcome_mark(v),
+    ]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _shown(metric: str, measured: Measurement) -> str:
+    if math.isnan(measured.value):
+        reason = (measured.reason or "not measured").strip().partition("\n")[0]
+        return f"not measurable: {reason}"
+    return format_measured(metric, measured)
 
 
 def _definitions(results: Sequence[ScenarioResult]) -> list[str]:
@@ -317,6 +406,13 @@ def failure_text(res: ScenarioResult, verdict: Verdict | None) -> str:
         lines.insert(0, f"INCONCLUSIVE (inconclusive: {res.scenario.verdicts.inconclusive})")
     if verdict is not None:
         lines.append(verdict.describe())
+    comparison = res.comparison
+    if verdict is not None and verdict.objective.relative and comparison is not None:
+        if comparison.entry is not None:
+            lines.append(f"baseline: {comparison.source}, {comparison.entry.describe()}")
+        lines += [f"setup differs: {d.describe()}" for d in comparison.differences]
+    if res.capacity is not None:
+        lines.append(describe_capacity(res.capacity))
     if res.interrupted:
         lines.append(
             f"the load stopped early ({res.interrupted}): the numbers cover part of the run"
@@ -455,6 +551,56 @@ def _interval_json(interval: Interval | None) -> dict[str, Any] | None:
     }
 
 
+def measurement_json(measured: Measurement) -> dict[str, Any]:
+    """A measurement for results.json (read back by baseline.py): null for what is not a finite
+    number (an unbounded interval side, a value not measured), with the reason beside it."""
+    interval = measured.interval
+    return {
+        "value": jsonable(measured.value),
+        "n": measured.sample_size,
+        "interval": None
+        if interval is None
+        else {
+            "low": jsonable(interval.low),
+            "high": jsonable(interval.high),
+            "confidence": interval.confidence,
+            "method": interval.method,
+        },
+        "reason": measured.reason or None,
+    }
+
+
+def _measurements_json(r: ScenarioResult) -> dict[str, Any]:
+    # every metric an objective names, relative ones included, so that this run can be the
+    # baseline of a later one that gates on any of them
+    confidence = r.scenario.verdicts.confidence
+    out = {}
+    for metric in dict.fromkeys(o.metric for o in r.scenario.objectives):
+        try:
+            measured = r.measure(metric, confidence)
+        except Exception as exc:  # one metric must not cost the others
+            measured = Measurement(math.nan, reason=f"{type(exc).__name__}: {exc}")
+        out[metric] = measurement_json(measured)
+    return out
+
+
+def _baseline_json(r: ScenarioResult) -> dict[str, Any] | None:
+    comparison = r.comparison
+    if comparison is None:
+        return None
+    entry = comparison.entry
+    return {
+        "file": comparison.source,
+        "scenario": entry.scenario if entry else None,
+        "server": entry.server if entry else None,
+        "spec": entry.spec if entry else None,
+        "differences": [jsonable(d) for d in comparison.differences],
+        "refused": comparison.refused,
+        "missing": comparison.missing,
+        "skipped": comparison.skip,
+    }
+
+
 def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
     s = r.summary
     summary: dict[str, Any] | None = None
@@ -462,7 +608,7 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
         summary = {
             f.name: jsonable(getattr(s, f.name))
             for f in dataclasses.fields(s)
-            if f.name not in ("samples", "distributions", "batches")
+            if f.name not in ("samples", "distributions", "batches", "ttft_thirds")
         }
         summary["distributions"] = {k: jsonable(d) for k, d in s.distributions.items()}
     return {
@@ -486,11 +632,19 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
         "token_note": r.token_note,
         "summary": summary,
         "telemetry": jsonable(r.telemetry),
+        "fingerprint": r.fingerprint.as_dict() if r.fingerprint is not None else None,
+        "measurements": _measurements_json(r) if r.summary is not None else {},
+        "baseline": _baseline_json(r),
+        "rounds": rounds_json(r),
+        "client": client_health.as_json(r.client, s, r.load),
+        "saturated": r.saturated,
+        "capacity": capacity_json(r),
         "verdicts": [
             {
                 "metric": v.objective.metric,
                 "objective": v.objective.text,
-                "threshold": jsonable(v.objective.threshold),
+                # a relative objective's: from the baseline's value (null without one)
+                "threshold": jsonable(v.effective.threshold),
                 "measured": jsonable(v.measured.value),
                 "sample_size": v.measured.sample_size,
                 "reason": v.measured.reason,
@@ -499,6 +653,9 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
                 "interval": _interval_json(v.measured.interval),
                 "margin": jsonable(v.margin),
                 "margin_reason": _margin_reason(v),
+                "baseline": measurement_json(v.baseline) if v.baseline is not None else None,
+                "skipped": v.skipped,
+                "guard": v.guard,
             }
             for v in r.verdicts
         ],
@@ -510,9 +667,9 @@ def request_lines(results: Sequence[ScenarioResult]) -> list[str]:
     lines = []
     for r in results:
         secrets = result_secrets(r)
-        for rec in r.records:
+        for rec, step in request_records(r):
             row = jsonable(rec)
             row["error"] = str(rec.error) if rec.error else None
-            row.update(scenario=r.scenario.name, server=r.server.name)
+            row.update(scenario=r.scenario.name, server=r.server.name, **step)
             lines.append(json.dumps(secrets.scrub_tree(row), ensure_ascii=False, allow_nan=False))
     return lines

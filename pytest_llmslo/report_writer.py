@@ -78,9 +78,11 @@ def write_reports(
     *,
     run: RunFolder | None = None,
     notices: Sequence[str] = (),
+    baseline_copy: Path | None = None,
 ) -> Written:
     """Writes report.md, results.json, requests.jsonl (into the run's folder, then as the latest
-    beside `report_path`) and the GitHub job summary; never raises."""
+    beside `report_path`), results.json once more to `baseline_copy` (--slo-save-baseline) and
+    the GitHub job summary; never raises."""
     run = run or RunFolder.start(report_path)
     run_dir, run_id = _claim_run_dir(run)
     info = _run_info(results)
@@ -131,6 +133,11 @@ def write_reports(
         written.messages.append(
             f"llmslo: wrote {report_path} (latest; {RESULTS_NAME} and {REQUESTS_NAME} beside it)"
         )
+    if baseline_copy is not None and RESULTS_NAME in texts:
+        if _write_all(written, {baseline_copy: texts[RESULTS_NAME]}):
+            written.messages.append(f"llmslo: saved the baseline: {baseline_copy}")
+    elif baseline_copy is not None:
+        written.warnings.append(f"llmslo: no baseline saved to {baseline_copy}: no results.json")
     if step_summary:
         try:
             with open(step_summary, "a", encoding="utf-8") as fh:

@@ -15,13 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from pytest_llmslo.catalogue import METRICS
+from pytest_llmslo import client_health, saturation
+from pytest_llmslo.capacity import CAPACITY_METRICS, CapacitySearch
+from pytest_llmslo.capacity import measure as measure_capacity
+from pytest_llmslo.catalogue import METRICS, Producer
 from pytest_llmslo.config import DEFAULT_CONFIDENCE
-from pytest_llmslo.slo import Measurement, Objective, Verdict, evaluate
+from pytest_llmslo.slo import Measurement, Objective, Verdict, evaluate, guarded, metric_info
 from pytest_llmslo.telemetry.measures import measure as telemetry_measure
 
 if TYPE_CHECKING:
+    from pytest_llmslo.baseline import Comparison
+    from pytest_llmslo.client_health import ClientHealth
     from pytest_llmslo.config import LoadConfig, ServerConfig
+    from pytest_llmslo.fingerprint import Fingerprint
     from pytest_llmslo.metrics import Summary
     from pytest_llmslo.records import Endpoint, RequestRecord
     from pytest_llmslo.spec import Scenario
@@ -30,6 +36,15 @@ if TYPE_CHECKING:
 # measured on the server's own process tree or its start: meaningless for a server this run did
 # not start (an external one, or an endpoint a hand-written test reached on its own)
 SERVER_PROCESS_METRICS = frozenset(m.name for m in METRICS if m.server_process)
+
+
+# measured on the client itself: what a client that fell behind is still judged on
+CLIENT_METRICS = frozenset(m.name for m in METRICS if m.producer is Producer.CLIENT)
+
+
+def client_side(metric: str) -> bool:
+    """A metric of the client, not the server: client health, and an open loop's dispatch lag."""
+    return metric in CLIENT_METRICS or metric_info(metric).base == "dispatch_lag"
 
 
 # why a server-process metric has no value (verdicts and reports say "not measurable: " first)
@@ -67,6 +82,20 @@ class Started:
 
 
 @dataclass(frozen=True)
+class RoundTrace:
+    """The verdicts after one round, over every round so far pooled: how the intervals
+    narrowed, and why another round ran (something was still inconclusive)."""
+
+    number: int  # 1 for the first round
+    requests: int  # measured requests pooled so far
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def inconclusive(self) -> tuple[str, ...]:
+        return tuple(v.objective.metric for v in self.verdicts if v.inconclusive)
+
+
+@dataclass(frozen=True)
 class ScenarioResult:
     """One scenario run against one server: the numbers, the verdicts, and what went wrong.
 
@@ -92,6 +121,17 @@ class ScenarioResult:
     token_note: str | None = None  # how tokens were counted when usage was absent
     started: str = ""  # wall-clock time, ISO 8601
     wall_seconds: float = 0.0
+    # one per round that ran (`verdicts.rounds`); empty when no load ran
+    rounds: tuple[RoundTrace, ...] = ()
+    # what the run depended on (None: it did not run), and what its relative objectives are
+    # judged against (None: it has none, or no session compared it yet)
+    fingerprint: Fingerprint | None = None
+    comparison: Comparison | None = None
+    # a capacity search (`capacity:`): every step it ran and why it stopped; this result is
+    # its highest passing step's run (the first step's when none passed)
+    capacity: CapacitySearch | None = None
+    # the load client's side of the run (loop lag, CPU); None when no load ran
+    client: ClientHealth | None = None
 
     @property
     def id(self) -> str:
@@ -127,6 +167,10 @@ class ScenarioResult:
     def measure(self, metric: str, confidence: float = DEFAULT_CONFIDENCE) -> Measurement:
         """The value of `metric` in this run with its interval at `confidence`; NaN with the
         reason when it was not measured."""
+        if metric in CAPACITY_METRICS:
+            return measure_capacity(self.capacity, metric)
+        if metric in CLIENT_METRICS:
+            return Measurement(*client_health.measure(metric, self.client, self.summary, self.load))
         if self.error and self.summary is None:
             return Measurement(math.nan, None, self.error)
         if metric in SERVER_PROCESS_METRICS and self.server.backend == "external":
@@ -153,14 +197,47 @@ class ScenarioResult:
         """This result with `objectives` as the scenario's objectives and their verdicts, at the
         scenario's confidence and inconclusive policy (`verdicts:`)."""
         policy = self.scenario.verdicts
+        comparison = self.comparison
+        verdicts = evaluate(
+            objectives,
+            lambda metric: self.measure(metric, policy.confidence),
+            inconclusive=policy.inconclusive,
+            # relative objectives: against the baseline's entry, skipped while this run
+            # records the baseline, failed ("no baseline") before any comparison
+            baseline=None if comparison is None or comparison.skip else comparison.measure,
+            skip_relative=comparison.skip if comparison is not None else None,
+        )
+        behind = self.client_behind
+        if behind is not None:
+            verdicts = [
+                v if client_side(v.objective.metric) else guarded(v, behind, policy.inconclusive)
+                for v in verdicts
+            ]
         return replace(
             self,
             scenario=replace(self.scenario, objectives=tuple(objectives)),
-            verdicts=tuple(
-                evaluate(
-                    objectives,
-                    lambda metric: self.measure(metric, policy.confidence),
-                    inconclusive=policy.inconclusive,
-                )
-            ),
+            verdicts=tuple(verdicts),
         )
+
+    @property
+    def saturated(self) -> str | None:
+        """Why the server is past its knee in this run (TTFT grew decisively through it), or
+        None; saturation.py says how it is told."""
+        if self.summary is None:
+            return None
+        value, _, reason = self.summary.value("ttft_growth")
+        if reason:
+            return None
+        interval = self.summary.interval("ttft_growth", self.scenario.verdicts.confidence)
+        metrics = self.telemetry.server_metrics if self.telemetry is not None else None
+        waiting = metrics.requests_waiting_series if metrics is not None else ()
+        return saturation.verdict(value, interval, waiting)
+
+    @property
+    def client_behind(self) -> str | None:
+        """Why the load client could not keep up with the load asked of it (its server
+        objectives are then inconclusive), or None; `verdicts.client_guard: false` turns the
+        guard off."""
+        if not self.scenario.verdicts.client_guard:
+            return None
+        return client_health.fell_behind(self.client, self.summary, self.load)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from pytest_llmslo import load as load_engine
+from pytest_llmslo.catalogue import BY_NAME, Producer
+from pytest_llmslo.client_health import ClientHealth
 from pytest_llmslo.config import LoadConfig, ServerConfig
 from pytest_llmslo.metrics import RequestObjective, Summary, summarize
 from pytest_llmslo.records import Endpoint, Prompt, RequestRecord
 from pytest_llmslo.redact import scrub_file, server_secrets
-from pytest_llmslo.result import ScenarioResult, Started
+from pytest_llmslo.result import RoundTrace, ScenarioResult, Started
 from pytest_llmslo.servers import ExternalServer, Server, make_server
+from pytest_llmslo.slo import metric_info
 from pytest_llmslo.spec import Scenario
 from pytest_llmslo.telemetry import Telemetry, TelemetryReport
 from pytest_llmslo.tokens import Tokenizer
@@ -90,51 +94,138 @@ def run_scenario(
     tokenizer: Tokenizer | None = None,
     missing_tokens_hint: str = "",
     monitored: MonitoredServer | None = None,
+    compared: Callable[[ScenarioResult], ScenarioResult] | None = None,
 ) -> ScenarioResult:
     """Runs `load` with `prompts` against `endpoint` and judges `scenario.objectives`.
 
+    `compared` (the session's baseline comparison) judges the relative objectives of every
+    pooled result, so that they too can ask for another round.
+
+    The load runs `verdicts.rounds`' min rounds, then more while some objective is
+    inconclusive, up to its max, on the same server; the rounds' records are pooled. Rounds
+    after the first send no warmup (the server is warm) and share one telemetry window.
     A load that cannot start (a configuration the engine refuses) raises; once it ran, a fault
     becomes the result's `error`, keeping every record.
     """
     telemetry = monitored.telemetry if monitored is not None else None
     window = telemetry.mark_load_start() if telemetry is not None else None
     count: Callable[[str], int] | None = tokenizer.count if tokenizer is not None else None
-    try:
-        run = load_engine.run_load(
+    fewest, most = scenario.verdicts.round_limits()
+    rounds: list[load_engine.LoadResult] = []
+    traces: list[RoundTrace] = []
+    interrupted: str | None = None
+
+    def pooled(telemetry_report: TelemetryReport | None, final: bool) -> ScenarioResult:
+        result = _assemble(
+            scenario,
+            server,
             endpoint,
-            prompts,
             load,
-            count_tokens=count,
-            should_stop=monitored.gone if monitored is not None else None,
-            on_measured_start=telemetry.mark_measured_start if telemetry is not None else None,
+            rounds,
+            source=source,
+            started=started,
+            load_notes=load_notes,
+            tokenizer=tokenizer,
+            missing_tokens_hint=missing_tokens_hint,
+            monitored=monitored if final else None,
+            interrupted=interrupted,
+            telemetry_report=telemetry_report,
         )
+        return compared(result) if compared is not None else result
+
+    try:
+        for number in range(1, most + 1):
+            run = load_engine.run_load(
+                endpoint,
+                prompts,
+                load if number == 1 else replace(load, warmup=0),
+                count_tokens=count,
+                should_stop=monitored.gone if monitored is not None else None,
+                on_measured_start=(
+                    telemetry.mark_measured_start if telemetry is not None and number == 1 else None
+                ),
+            )
+            if number > 1:
+                run = replace(run, records=[replace(r, round=number) for r in run.records])
+            rounds.append(run)
+            interrupted = run.interrupted
+            if interrupted is None and monitored is not None and any(r.error for r in run.records):
+                # requests to a dead server fail within milliseconds: the load can end before
+                # the engine's poll sees the exit, and the run must still not count as complete
+                interrupted = monitored.gone()
+            if interrupted or number == most:
+                break
+            interim = pooled(None, final=False)
+            traces.append(_trace(number, interim, interim=True))
+            if number >= fewest and (interim.error or not traces[-1].inconclusive):
+                break
     finally:
         if telemetry is not None and window is not None:
             telemetry.mark_load_end()
-    interrupted = run.interrupted
-    if interrupted is None and monitored is not None and any(r.error for r in run.records):
-        # requests to a dead server fail within milliseconds: the load can end before the
-        # engine's poll sees the exit, and the run must still not count as complete
-        interrupted = monitored.gone()
-    error = f"load stopped early: {interrupted}" if interrupted else None
-    summary: Summary | None = None
     telemetry_report: TelemetryReport | None = None
-    log_tail: str | None = None
-    note: str | None = None
-    try:
-        if telemetry is not None and window is not None:
+    telemetry_error: str | None = None
+    if telemetry is not None and window is not None:
+        try:
             # a few samples after the load give the level the server settles at ("steady")
             time.sleep(STEADY_SETTLE_S)
             telemetry_report = telemetry.window_report(window)
+        except Exception as exc:  # recorded with every request kept, never lost to a traceback
+            telemetry_error = f"{type(exc).__name__}: {exc}"
+    result = pooled(telemetry_report, final=True)
+    if telemetry_error is not None and result.error is None:
+        result = replace(result, error=telemetry_error).judged(result.scenario.objectives)
+    final = _trace(len(rounds), result)
+    return replace(result, rounds=(*traces[: len(rounds) - 1], final))
+
+
+def _trace(number: int, result: ScenarioResult, *, interim: bool = False) -> RoundTrace:
+    """The verdicts after round `number`; between rounds, only those of the load's own values
+    (telemetry spans every round and is judged once, at the end)."""
+    requests = result.summary.requests if result.summary is not None else 0
+    verdicts = result.verdicts
+    if interim:
+        verdicts = tuple(v for v in verdicts if _from_load(v.objective.metric))
+    return RoundTrace(number, requests, verdicts)
+
+
+def _from_load(metric: str) -> bool:
+    base = BY_NAME.get(metric) or BY_NAME.get(metric_info(metric).base)
+    return base is not None and base.producer is Producer.LOAD
+
+
+def _assemble(
+    scenario: Scenario,
+    server: ServerConfig,
+    endpoint: Endpoint,
+    load: LoadConfig,
+    rounds: Sequence[load_engine.LoadResult],
+    *,
+    source: str,
+    started: Started,
+    load_notes: tuple[str, ...],
+    tokenizer: Tokenizer | None,
+    missing_tokens_hint: str,
+    monitored: MonitoredServer | None,
+    interrupted: str | None,
+    telemetry_report: TelemetryReport | None,
+) -> ScenarioResult:
+    """The judged result of the rounds run so far, their records pooled."""
+    records = [r for run in rounds for r in run.records]
+    error = f"load stopped early: {interrupted}" if interrupted else None
+    summary: Summary | None = None
+    log_tail: str | None = None
+    note: str | None = None
+    try:
         summary = summarize(
-            run.records,
-            window=(run.window_start, run.window_end),
+            records,
+            window=(rounds[0].window_start, rounds[-1].window_end),
+            rounds=[(run.window_start, run.window_end) for run in rounds],
             percentiles=scenario.percentiles,
             request_objectives=[
                 RequestObjective(o.metric, o.op, o.threshold) for o in scenario.request_slo
             ],
         )
-        note = token_note(run.records, tokenizer, missing_tokens_hint)
+        note = token_note(records, tokenizer, missing_tokens_hint)
         failed_5xx = summary.failures_by_category.get("http_5xx", 0)
         if monitored is not None and (interrupted or failed_5xx or monitored.gone()):
             log_tail = monitored.server.log_tail()
@@ -152,7 +243,7 @@ def run_scenario(
         endpoint=endpoint,
         summary=summary,
         telemetry=telemetry_report,
-        records=tuple(run.records),
+        records=tuple(records),
         error=error,
         interrupted=interrupted,
         load=load,
@@ -161,6 +252,7 @@ def run_scenario(
         token_note=note,
         started=started.at,
         wall_seconds=started.seconds(),
+        client=ClientHealth.pooled([run.client for run in rounds]),
     ).judged(scenario.objectives)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from pytest_llmslo.config import (
     BACKENDS,
     FORMATS,
+    CapacityConfig,
     DatasetConfig,
     LoadConfig,
     ServerConfig,
@@ -29,6 +30,7 @@ SERVER_KEYS: tuple[str, ...] = tuple(keys_of(ServerConfig))
 DATASET_KEYS: tuple[str, ...] = tuple(keys_of(DatasetConfig))
 LOAD_KEYS: tuple[str, ...] = tuple(keys_of(LoadConfig))
 VERDICTS_KEYS: tuple[str, ...] = tuple(keys_of(VerdictsConfig))
+CAPACITY_KEYS: tuple[str, ...] = tuple(keys_of(CapacityConfig))
 
 
 _NO_CONTEXT = Context()
@@ -104,15 +106,16 @@ def read_dataset(
     return DatasetConfig(name=name, format=fmt, **kw)
 
 
-def read_load(entries: Mapping[str, Value], site: Site) -> LoadConfig:
-    """A load section (defaults and overrides already merged into ``entries``)."""
+def read_load(entries: Mapping[str, Value], site: Site, *, varied: str | None = None) -> LoadConfig:
+    """A load section (defaults and overrides already merged into ``entries``); ``varied``:
+    the key a capacity search sets at each step (`parallel`, `rate`), which may be left out."""
     kw = _read_keys(LoadConfig, entries, Context())
     if isinstance(kw.get("failure_budget"), float) and kw.get("requests") is None:
         raise entries["failure_budget"].error(
             "a percentage budget is a share of 'requests', and this load sets only 'duration'",
             fix="Give a count of failed requests instead, e.g. failure_budget: 10.",
         )
-    if kw.get("parallel") is None and kw.get("rate") is None:
+    if kw.get("parallel") is None and kw.get("rate") is None and varied is None:
         raise site.error(
             "needs 'parallel' (concurrent users) or 'rate' (requests per second)",
             fix="Add e.g. parallel: 10.",
@@ -123,6 +126,34 @@ def read_load(entries: Mapping[str, Value], site: Site) -> LoadConfig:
             fix="Add e.g. requests: 100 or duration: 60s.",
         )
     return LoadConfig(**kw)
+
+
+def read_capacity(entries: Mapping[str, Value], site: Site) -> CapacityConfig:
+    """A capacity section: `vary` first (what `start`, `max` and `resolution` mean depends on
+    it), then the rest, then the checks across keys."""
+    keys = keys_of(CapacityConfig)
+    for required in ("vary", "start", "max", "budget"):
+        if required not in entries:
+            raise site.error(
+                f"missing required key '{required}'",
+                choices=CAPACITY_KEYS,
+                choices_label="Capacity keys",
+                fix="Write e.g. capacity: {vary: parallel, start: 1, max: 64, budget: 10 min}.",
+            )
+    vary = keys["vary"].kind.read(entries["vary"], Context())
+    ctx = Context(section={"vary": vary})
+    kw = _read_keys(CapacityConfig, {k: v for k, v in entries.items() if k != "vary"}, ctx)
+    if kw["start"] > kw["max"]:
+        raise entries["start"].error(
+            f"start ({kw['start']:g}) is above max ({kw['max']:g})",
+            fix="The search probes upward from start to max: make start the lower one.",
+        )
+    if "growth" in kw and kw["growth"] <= 1:
+        raise entries["growth"].error(
+            f"growth must be above 1, got {kw['growth']:g}",
+            fix="Write e.g. growth: 2 (each probe doubles the load).",
+        )
+    return CapacityConfig(vary=vary, **kw)
 
 
 def read_verdicts(entries: Mapping[str, Value]) -> VerdictsConfig:
@@ -141,6 +172,15 @@ def load_config(load: Mapping[str, Any], where: str = "run_workload(load=...)") 
     """
     section = PyValue(load, where=where)
     return read_load(section.entries(LOAD_KEYS), section)
+
+
+def verdicts_config(
+    verdicts: Mapping[str, Any], where: str = "run_workload(verdicts=...)"
+) -> VerdictsConfig:
+    """A VerdictsConfig (``confidence``, ``inconclusive``, ``rounds``) from a mapping, checked
+    as a spec's ``verdicts:`` is."""
+    section = PyValue(verdicts, where=where)
+    return read_verdicts(section.entries(VERDICTS_KEYS))
 
 
 def server_config(

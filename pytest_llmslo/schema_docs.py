@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from pytest_llmslo.config import DatasetConfig, LoadConfig, ServerConfig, VerdictsConfig
+from pytest_llmslo.config import (
+    CapacityConfig,
+    DatasetConfig,
+    LoadConfig,
+    ServerConfig,
+    VerdictsConfig,
+)
 from pytest_llmslo.kinds import KEY, default_text
 
 REFERENCE = "docs/spec-reference.md"
@@ -24,6 +30,7 @@ TABLES: dict[str, type] = {
     "keys-datasets": DatasetConfig,
     "keys-load": LoadConfig,
     "keys-verdicts": VerdictsConfig,
+    "keys-capacity": CapacityConfig,
 }
 COMMAND = "python -m pytest_llmslo.schema_docs --write"
 

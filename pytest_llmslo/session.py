@@ -9,13 +9,22 @@ No pytest here: the plugin asks `SloSession.result(...)` once per objective and 
 from __future__ import annotations
 
 import tempfile
+import threading
 import traceback
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import cast
 
 from pytest_llmslo import interrupts
-from pytest_llmslo.config import DatasetConfig, InconclusivePolicy, LoadConfig, ServerConfig
+from pytest_llmslo.baseline import Baseline, compare, run_fingerprint
+from pytest_llmslo.capacity import search_capacity
+from pytest_llmslo.config import (
+    DatasetConfig,
+    InconclusivePolicy,
+    LoadConfig,
+    ServerConfig,
+    VerdictsConfig,
+)
 from pytest_llmslo.datasets import DatasetError, load_prompts
 from pytest_llmslo.models import builtin_model_path, is_builtin, resolve_model
 from pytest_llmslo.records import Endpoint, Prompt
@@ -52,6 +61,9 @@ class SloSession:
         request_limit: int | None = None,
         confidence: float | None = None,
         inconclusive: str | None = None,
+        baseline: Baseline | None = None,
+        allow_mismatch: bool = False,
+        recording_baseline: bool = False,
     ) -> None:
         self.output_dir = output_dir
         self._log_dir: Path | None = None
@@ -63,6 +75,11 @@ class SloSession:
         # --slo-confidence / --slo-inconclusive: override every spec's `verdicts:`
         self.confidence = confidence
         self.inconclusive = inconclusive
+        # --slo-baseline (read at start-up), --slo-baseline-allow-mismatch, and whether this run
+        # records a baseline without comparing with one (--slo-save-baseline alone)
+        self.baseline = baseline
+        self.allow_mismatch = allow_mismatch
+        self.recording_baseline = recording_baseline
         # (spec path or test node id, scenario, server) -> its result, in the order they ran
         self.results: dict[tuple[str, str, str], ScenarioResult] = {}
         self._servers: dict[ServerKey, _ServerState] = {}
@@ -192,22 +209,122 @@ class SloSession:
             # a signal (Ctrl-C, CI's SIGTERM) stops the load, which keeps its records; it is
             # raised here, once the scenario's result is kept, and ends the whole run
             with interrupts.shielded():
-                self.results[key] = self._run(spec, spec.scenarios[scenario_name], server_name)
+                scenario = spec.scenarios[scenario_name]
+                if scenario.side_by_side:
+                    self._run_side_by_side(spec, scenario)
+                else:
+                    self.results[key] = self.compared(self._run(spec, scenario, server_name))
         return self.results[key]
+
+    def _run_side_by_side(self, spec: Spec, scenario: Scenario) -> None:
+        """Every server of `scenario` under its load at the same time (`side_by_side: true`).
+
+        The servers start here, one after another, where a signal ends a start at once; then
+        each server's load runs in a thread of its own, and a signal stops them all (each load
+        listens for it). Each result is its own server's: its records, and the memory of its
+        own process tree.
+        """
+        names = [
+            n for n in scenario.servers if (str(spec.path), scenario.name, n) not in self.results
+        ]
+        started = Started.now()
+        for position, name in enumerate(names):
+            try:
+                cfg = self.server_config(spec, name)
+                with interrupts.interruptible():
+                    self._server(spec, cfg)
+            except interrupts.Interrupted as exc:  # kept, then raised by result()
+                interrupts.postpone(exc.signal_name)
+                for unrun in names[position:]:
+                    self.results[(str(spec.path), scenario.name, unrun)] = self._never_loaded(
+                        spec,
+                        scenario,
+                        unrun,
+                        started,
+                        interrupted=exc.signal_name,
+                        error=f"interrupted by {exc.signal_name} before the load",
+                    )
+                return
+        outcomes: dict[str, ScenarioResult] = {}
+
+        def run(name: str) -> None:
+            outcomes[name] = self._run(spec, scenario, name)  # records every fault it meets
+
+        threads = [
+            threading.Thread(target=run, args=(name,), name=f"llmslo-load-{name}", daemon=True)
+            for name in names
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # a short wait lets the signal handler run meanwhile
+                thread.join(0.2)
+        for name in names:
+            others = ", ".join(repr(n) for n in names if n != name)
+            outcome = outcomes.get(name)
+            if outcome is None:  # _run records every Exception: only a thread killed hard
+                outcome = self._never_loaded(
+                    spec, scenario, name, started, error="the load's thread ended without a result"
+                )
+            result = replace(
+                outcome, load_notes=(*outcome.load_notes, f"side by side with {others}")
+            )
+            self.results[(str(spec.path), scenario.name, name)] = self.compared(result)
+
+    def _never_loaded(
+        self,
+        spec: Spec,
+        scenario: Scenario,
+        name: str,
+        started: Started,
+        *,
+        error: str,
+        interrupted: str | None = None,
+    ) -> ScenarioResult:
+        load, notes = effective_load(scenario, name, self.request_limit, None)
+        return not_run(
+            self.with_overrides(scenario),
+            spec.servers[name],
+            source=str(spec.path),
+            started=started,
+            load=load,
+            load_notes=notes,
+            interrupted=interrupted,
+            error=error,
+        )
+
+    def compared(self, result: ScenarioResult) -> ScenarioResult:
+        """`result` with its fingerprint and, when it has relative objectives, judged against
+        the baseline (or skipped, or failed for want of one)."""
+        if result.skipped is not None or result.endpoint is None:
+            return result
+        result = replace(result, fingerprint=run_fingerprint(result))
+        if not any(o.relative for o in result.scenario.objectives):
+            return result
+        comparison = compare(
+            self.baseline,
+            result,
+            allow_mismatch=self.allow_mismatch,
+            recording=self.recording_baseline,
+        )
+        return replace(result, comparison=comparison).judged(result.scenario.objectives)
 
     def with_overrides(self, scenario: Scenario) -> Scenario:
         """`scenario` with --slo-confidence / --slo-inconclusive applied to its `verdicts`."""
-        verdicts = scenario.verdicts
+        return replace(scenario, verdicts=self.verdicts_for(scenario.verdicts))
+
+    def verdicts_for(self, verdicts: VerdictsConfig) -> VerdictsConfig:
+        """`verdicts` with --slo-confidence / --slo-inconclusive applied."""
         if self.confidence is not None:
             verdicts = replace(verdicts, confidence=self.confidence)
         if self.inconclusive is not None:
             verdicts = replace(verdicts, inconclusive=cast(InconclusivePolicy, self.inconclusive))
-        return replace(scenario, verdicts=verdicts)
+        return verdicts
 
     def rejudged(self, result: ScenarioResult) -> ScenarioResult:
         """A run made elsewhere (a hand-written test's) judged under this session's overrides."""
         scenario = self.with_overrides(result.scenario)
-        return replace(result, scenario=scenario).judged(scenario.objectives)
+        return self.compared(replace(result, scenario=scenario).judged(scenario.objectives))
 
     def add_result(self, result: ScenarioResult) -> None:
         """Keep a run made elsewhere (a hand-written test's) for the reports; a later result
@@ -264,23 +381,34 @@ class SloSession:
                     error += f"; {_NO_TOKENIZER_HINT.format(name=cfg.name)}"
                 return not_run_because(error=error)
             load, notes = effective_load(scenario, cfg.name, self.request_limit, len(prompts))
-            return run_scenario(
-                scenario,
-                cfg,
-                endpoint,
-                prompts,
-                load,
-                source=str(spec.path),
-                started=started,
-                load_notes=notes,
-                tokenizer=tokenizer,
-                missing_tokens_hint=(
-                    _NO_TOKENIZER_HINT.format(name=cfg.name)
-                    if cfg.backend == "external"
-                    else f"make {cfg.model!r}'s tokenizer available locally or set `tokenizer:`"
-                ),
-                monitored=state.monitored,
-            )
+            live, server = endpoint, cfg  # as they are now, for the runs below
+
+            def run_once(
+                step: Scenario, step_load: LoadConfig, step_notes: tuple[str, ...]
+            ) -> ScenarioResult:
+                return run_scenario(
+                    step,
+                    server,
+                    live,
+                    prompts,
+                    step_load,
+                    source=str(spec.path),
+                    started=started if step is scenario else Started.now(),
+                    load_notes=step_notes,
+                    tokenizer=tokenizer,
+                    missing_tokens_hint=(
+                        _NO_TOKENIZER_HINT.format(name=server.name)
+                        if server.backend == "external"
+                        else f"make {server.model!r}'s tokenizer available locally or set "
+                        "`tokenizer:`"
+                    ),
+                    monitored=state.monitored,
+                    compared=self.compared,
+                )
+
+            if scenario.capacity is not None:  # the same load at rising parallel or rate
+                return search_capacity(scenario, load, notes, run_once, started=started)
+            return run_once(scenario, load, notes)
         except interrupts.Interrupted as exc:  # before the load: kept, then raised by result()
             interrupts.postpone(exc.signal_name)
             return not_run_because(

@@ -9,7 +9,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pytest_llmslo.catalogue import BY_NAME, METRICS, STATISTICS, MetricKind, select
@@ -17,7 +17,10 @@ from pytest_llmslo.intervals import Interval
 from pytest_llmslo.units import CANONICAL_UNIT, UnitError, UnitKind, expected_units, parse_quantity
 
 OPERATORS = ("<=", "<", ">=", ">")
-Outcome = Literal["pass", "fail", "inconclusive"]
+# "skipped": a relative objective in a run that records the baseline it would be compared with
+Outcome = Literal["pass", "fail", "inconclusive", "skipped"]
+BASELINE = "baseline"
+NO_BASELINE = "no baseline: pass --slo-baseline PATH (the results.json of an earlier run)"
 
 # Derived from the registry (catalogue.py), kept as tables: what a name means to an objective.
 # Distributions over requests (or over chunk gaps, for itl); an objective picks one statistic.
@@ -134,8 +137,31 @@ def catalogue() -> list[MetricInfo]:
 
 
 @dataclass(frozen=True)
+class BaselineOffset:
+    """How a relative objective's threshold follows the baseline's value.
+
+    ``relative``: ``amount`` is a fraction of the baseline (``+ 10%`` is 0.10); otherwise an
+    amount in the metric's canonical unit (``+ 20 ms`` is 0.020). Negative for ``-``.
+    """
+
+    amount: float
+    relative: bool
+
+    def threshold(self, baseline: float) -> float:
+        """The threshold for a baseline value; increasing in it, so an interval's ends map to
+        the threshold's ends."""
+        if self.relative:
+            return baseline * (1.0 + self.amount)
+        return baseline + self.amount
+
+
+@dataclass(frozen=True)
 class Objective:
-    """One objective: ``metric op threshold``; threshold in the canonical unit of the metric."""
+    """One objective: ``metric op threshold``; threshold in the canonical unit of the metric.
+
+    A relative objective (``<= baseline + 10%``) has a ``baseline`` offset and a NaN threshold
+    until `against` sets one from a baseline's value.
+    """
 
     metric: str
     op: str  # <= | < | >= | >
@@ -143,6 +169,22 @@ class Objective:
     unit: str  # as written ("ms", "%", "" for a bare number)
     text: str  # as written ("<= 500 ms")
     line: int | None = None  # line in the spec file, when it came from one
+    baseline: BaselineOffset | None = None
+
+    @property
+    def relative(self) -> bool:
+        """Whether the threshold follows a baseline (``<= baseline + 10%``)."""
+        return self.baseline is not None
+
+    def against(self, baseline: float) -> Objective:
+        """This objective with the threshold a baseline value gives it (unchanged if absolute)."""
+        if self.baseline is None:
+            return self
+        return replace(self, threshold=self.baseline.threshold(baseline))
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.op in ("<=", "<")
 
     def holds(self, value: float) -> bool:
         """Whether ``value`` (canonical unit) meets the objective; NaN never does."""
@@ -191,6 +233,12 @@ class Verdict:
     passed: bool
     margin: float | None  # signed headroom relative to the threshold; positive is good
     outcome: Outcome | None = None  # None: as ``passed`` says (a value judged as measured)
+    # a relative objective's baseline value (NaN with the reason when there is none to use)
+    baseline: Measurement | None = None
+    skipped: str | None = None  # why a relative objective was not judged (outcome "skipped")
+    # why the outcome is inconclusive whatever the interval says: the load client fell behind
+    # (client_health.py), so the value says as much about the client as about the server
+    guard: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome is None:
@@ -200,32 +248,88 @@ class Verdict:
     def inconclusive(self) -> bool:
         return self.outcome == "inconclusive"
 
+    @property
+    def effective(self) -> Objective:
+        """The objective with its threshold: a relative one's from the baseline's value."""
+        if self.baseline is None or math.isnan(self.baseline.value):
+            return self.objective
+        return self.objective.against(self.baseline.value)
+
     def describe(self) -> str:
-        """One line for people, e.g. ``ttft_p95 = 612.3 ms, objective <= 500 ms: missed by ...``."""
+        """One line for people, e.g. ``ttft_p95 = 612.3 ms, objective <= 500 ms: missed by ...``;
+        a relative objective's line says the value against the baseline's."""
         metric = self.objective.metric
         condition = self.objective.condition
         value = self.measured.value
+        if self.skipped is not None:
+            return f"{metric}: skipped: {self.skipped} (objective {condition})"
         if math.isnan(value):
             reason = self.measured.reason or "no value was measured"
             return f"{metric} = not measurable: {reason} (objective {condition})"
-        difference = format_difference(metric, abs(value - self.objective.threshold))
+        shown = format_measured(metric, self.measured)
+        if self.baseline is not None and math.isnan(self.baseline.value):
+            reason = self.baseline.reason or NO_BASELINE
+            return f"{metric} = {shown}, objective {condition}: no baseline value: {reason}"
+        size = "" if self.measured.sample_size is None else f", n={self.measured.sample_size}"
+        return f"{metric} = {shown}{self._versus()}, objective {condition}{self._threshold()}: " + (
+            f"{self._outcome_text(value)}{size}"
+        )
+
+    def _versus(self) -> str:
+        # " vs baseline 500.0 ms [480.2, 530.1] (+22.4%)"
+        if self.baseline is None:
+            return ""
+        metric = self.objective.metric
+        change = relative_change(self.measured.value, self.baseline.value)
+        shown = "" if change is None else f" ({change:+.1%})"
+        return f" vs baseline {format_measured(metric, self.baseline)}{shown}"
+
+    def _threshold(self) -> str:
+        if self.baseline is None:
+            return ""
+        return f" (= {format_value(self.objective.metric, self.effective.threshold)})"
+
+    def _outcome_text(self, value: float) -> str:
+        objective = self.effective
+        difference = format_difference(objective.metric, abs(value - objective.threshold))
         if self.margin is None or math.isinf(self.margin):
             relative = ""
         else:
             relative = f" ({abs(self.margin) * 100:.1f}%)"
-        if self.inconclusive:
-            side = "meets" if self.objective.holds(value) else "misses"
-            outcome = (
-                f"INCONCLUSIVE: the value {side} it by {difference}{relative}, but the "
-                f"{format_confidence(self.measured.interval)} interval straddles the threshold"
+        if self.guard is not None:
+            return (
+                f"INCONCLUSIVE: {self.guard}; the value cannot be put down to the server (it "
+                f"{'meets' if objective.holds(value) else 'misses'} the objective by {difference})"
             )
-        elif self.objective.holds(value):
-            outcome = f"met with {difference} to spare{relative}"
-        else:
-            outcome = f"missed by {difference}{relative}"
-        size = "" if self.measured.sample_size is None else f", n={self.measured.sample_size}"
-        shown = format_measured(metric, self.measured)
-        return f"{metric} = {shown}, objective {condition}: {outcome}{size}"
+        if self.inconclusive:
+            side = "meets" if objective.holds(value) else "misses"
+            straddles = (
+                "intervals of this run and the baseline leave it undecided"
+                if self.baseline is not None
+                else "interval straddles the threshold"
+            )
+            return (
+                f"INCONCLUSIVE: the value {side} it by {difference}{relative}, but the "
+                f"{format_confidence(self.measured.interval)} {straddles}"
+            )
+        if objective.holds(value):
+            return f"met with {difference} to spare{relative}"
+        return f"missed by {difference}{relative}"
+
+
+def guarded(verdict: Verdict, reason: str, inconclusive: str) -> Verdict:
+    """`verdict` made inconclusive because `reason` (the client fell behind), passing only
+    under the policy `pass`; a value that was not measured, or a skipped one, stays as it is."""
+    if verdict.skipped is not None or math.isnan(verdict.measured.value):
+        return verdict
+    return replace(verdict, outcome="inconclusive", passed=inconclusive == "pass", guard=reason)
+
+
+def relative_change(value: float, baseline: float) -> float | None:
+    """(value - baseline) / baseline; None where it has no meaning (a zero or NaN baseline)."""
+    if baseline == 0 or math.isnan(baseline) or math.isnan(value) or math.isinf(baseline):
+        return None
+    return (value - baseline) / baseline
 
 
 _OBJECTIVE = re.compile(r"\s*(?P<op><=|>=|<|>)\s*(?P<quantity>.*?)\s*")
@@ -269,13 +373,84 @@ def _example(kind: UnitKind) -> str:
         UnitKind.RATIO: "1%",
         UnitKind.MEMORY: "24 GiB",
         UnitKind.COUNT: "0",
+        UnitKind.FACTOR: "2x",
     }[kind]
 
 
 def parse_objective(metric: str, text: str, *, line: int | None = None) -> Objective:
-    """Parse ``ttft_p95: "<= 500 ms"``; ObjectiveError names the metric, the text and the fix."""
+    """Parse ``ttft_p95: "<= 500 ms"`` or, relative to a baseline run, ``"<= baseline + 10%"``;
+    ObjectiveError names the metric, the text and the fix."""
     info = metric_info(metric)
+    if isinstance(text, str):
+        match = _OBJECTIVE.fullmatch(text)
+        if match is not None and _names_baseline(match["quantity"]):
+            offset = _parse_baseline(metric, info.kind, info.integer, text, match["quantity"])
+            return Objective(metric, match["op"], math.nan, "", text, line, offset)
     return _parse(metric, info.kind, info.integer, text, line)
+
+
+_BASELINE_TERM = re.compile(r"(?P<word>[A-Za-z_]\w*)\s*(?:(?P<sign>[-+])\s*(?P<offset>.*))?")
+_PERCENT = re.compile(r"(?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*%")
+_RELATIVE_FORMS = "baseline, baseline + 10%, baseline - 5% or baseline + 20 ms"
+
+
+def _names_baseline(term: str) -> bool:
+    """Whether a threshold is meant as the baseline (or a misspelling of it, like ``base``)."""
+    word = re.match(r"[A-Za-z_]\w*", term)
+    return word is not None and bool(
+        difflib.get_close_matches(word[0].lower(), [BASELINE], n=1, cutoff=0.6)
+    )
+
+
+def _parse_baseline(
+    metric: str, kind: UnitKind, integer: bool, text: str, term: str
+) -> BaselineOffset:
+    """``baseline``, ``baseline + 10%`` (of the baseline's value), ``baseline - 20 ms`` (in
+    the metric's units). A ``%`` offset is always relative, for ratios too: an absolute offset
+    on a ratio is a fraction (``baseline + 0.01``)."""
+    where = f"objective {metric}: {text!r}"
+    match = _BASELINE_TERM.fullmatch(term)
+    word = match["word"] if match is not None else term.split()[0]
+    if word != BASELINE:
+        raise ObjectiveError(
+            f"{where}: {word!r} is neither a number nor 'baseline'",
+            fix=f"Did you mean 'baseline'? A threshold is a quantity (like {_example(kind)}) "
+            f"or {_RELATIVE_FORMS}",
+        )
+    if match is None:
+        rest = term[len(BASELINE) :].strip()
+        operator = f"{rest[0]!r}" if rest and not rest[0].isalnum() else "no + or -"
+        raise ObjectiveError(
+            f"{where}: the baseline is followed by {operator}; an offset is added to or "
+            "subtracted from it",
+            fix=f"Write {_RELATIVE_FORMS}",
+        )
+    if match["sign"] is None:
+        return BaselineOffset(0.0, relative=True)
+    sign = -1.0 if match["sign"] == "-" else 1.0
+    offset = match["offset"].strip()
+    if not offset:
+        raise ObjectiveError(
+            f"{where}: {match['sign']} has no offset after it", fix=f"Write {_RELATIVE_FORMS}"
+        )
+    percent = _PERCENT.fullmatch(offset)
+    if percent is not None:
+        amount = sign * float(percent["number"]) / 100
+        if amount <= -1.0:
+            raise ObjectiveError(
+                f"{where}: a threshold {offset} below the baseline is zero or less",
+                fix="Subtract less than 100%",
+            )
+        return BaselineOffset(amount, relative=True)
+    try:
+        quantity = parse_quantity(offset, kind, integer=integer)
+    except UnitError as error:
+        raise ObjectiveError(
+            f"{where}: the offset {offset!r}: {metric} is a {kind}, and {error.message}",
+            fix=(error.fix or f"Units for a {kind}: {expected_units(kind)}")
+            + f"; or a percentage of the baseline, like baseline {match['sign']} 10%",
+        ) from None
+    return BaselineOffset(sign * quantity.value, relative=False)
 
 
 def parse_request_objective(metric: str, text: str, *, line: int | None = None) -> Objective:
@@ -305,6 +480,8 @@ def derive_request_objectives(objectives: Iterable[Objective]) -> tuple[Objectiv
     for objective in objectives:
         info = metric_info(objective.metric)
         if info.base not in REQUEST_METRICS or objective.op not in ("<=", "<"):
+            continue
+        if objective.relative:  # its threshold is known only once a baseline is read
             continue
         if info.percentile is None and info.stat != "max":
             continue
@@ -358,23 +535,59 @@ def judge(objective: Objective, measured: Measurement) -> Outcome:
     return "inconclusive"
 
 
+def judge_against(objective: Objective, measured: Measurement, baseline: Measurement) -> Outcome:
+    """A relative objective judged with both runs' intervals: conservative on both sides.
+
+    The threshold grows with the baseline's value, so the baseline's interval gives a range of
+    thresholds. Pass when this run's whole interval meets the strictest of them (from the
+    baseline's strict end: its low end for ``<=``, its high end for ``>=``); fail when the whole
+    interval misses the most lenient one (from the other end); inconclusive otherwise. A value
+    judged as measured is a point, at either end. Overlapping the two intervals like this asks
+    more than a test of the difference would: it may say inconclusive where one could decide,
+    never pass or fail where the two intervals do not support it.
+    """
+    if math.isnan(measured.value) or math.isnan(baseline.value):
+        return "fail"
+    low, high = _span(baseline)
+    strict, lenient = (low, high) if objective.lower_is_better else (high, low)
+    if judge(objective.against(strict), measured) == "pass":
+        return "pass"
+    if judge(objective.against(lenient), measured) == "fail":
+        return "fail"
+    return "inconclusive"
+
+
+def _span(measured: Measurement) -> tuple[float, float]:
+    # the interval, widened to hold the value shown beside it (as `judge` does)
+    interval = measured.interval
+    if interval is None:
+        return measured.value, measured.value
+    return min(interval.low, measured.value), max(interval.high, measured.value)
+
+
 def evaluate(
     objectives: Sequence[Objective],
     measure: Callable[[str], Measurement],
     *,
     inconclusive: str = "fail",
+    baseline: Callable[[str], Measurement] | None = None,
+    skip_relative: str | None = None,
 ) -> list[Verdict]:
     """Check each objective against ``measure(metric)``; a value that is NaN fails with its reason.
 
     ``inconclusive`` is the policy for an interval that straddles the threshold: ``fail`` or
     ``pass``. An exception from ``measure`` fails only that objective, with the error as the reason.
+    A relative objective is judged against ``baseline(metric)``: without one it fails (NaN
+    baseline with the reason), or is skipped with the reason ``skip_relative`` when given.
     """
     verdicts = []
     for objective in objectives:
-        try:
-            measured = measure(objective.metric)
-        except Exception as error:  # one broken metric must not hide the verdicts of the others
-            measured = Measurement(math.nan, reason=f"{type(error).__name__}: {error}")
+        measured = _measured(measure, objective.metric)
+        if objective.relative:
+            verdicts.append(
+                _relative_verdict(objective, measured, baseline, skip_relative, inconclusive)
+            )
+            continue
         if math.isnan(measured.value):
             verdicts.append(Verdict(objective, measured, passed=False, margin=None))
             continue
@@ -383,6 +596,35 @@ def evaluate(
         passed = outcome == "pass" or (outcome == "inconclusive" and inconclusive == "pass")
         verdicts.append(Verdict(objective, measured, passed, margin, outcome))
     return verdicts
+
+
+def _measured(measure: Callable[[str], Measurement], metric: str) -> Measurement:
+    try:
+        return measure(metric)
+    except Exception as error:  # one broken metric must not hide the verdicts of the others
+        return Measurement(math.nan, reason=f"{type(error).__name__}: {error}")
+
+
+def _relative_verdict(
+    objective: Objective,
+    measured: Measurement,
+    baseline: Callable[[str], Measurement] | None,
+    skip: str | None,
+    inconclusive: str,
+) -> Verdict:
+    if baseline is None and skip is not None:
+        return Verdict(objective, measured, True, None, "skipped", skipped=skip)
+    before = (
+        _measured(baseline, objective.metric)
+        if baseline is not None
+        else Measurement(math.nan, reason=NO_BASELINE)
+    )
+    if math.isnan(measured.value) or math.isnan(before.value):
+        return Verdict(objective, measured, passed=False, margin=None, baseline=before)
+    margin = _margin(objective.against(before.value), measured.value)
+    outcome = judge_against(objective, measured, before)
+    passed = outcome == "pass" or (outcome == "inconclusive" and inconclusive == "pass")
+    return Verdict(objective, measured, passed, margin, outcome, baseline=before)
 
 
 def _kind(metric: str) -> UnitKind:
@@ -408,6 +650,8 @@ def format_value(metric: str, value: float) -> str:
         return f"{value:.2f} req/s"
     if kind is UnitKind.RATIO:
         return f"{value * 100:.2f}%"
+    if kind is UnitKind.FACTOR:
+        return f"{value:.2f}x"
     if kind is UnitKind.MEMORY:
         if abs(value) >= 2**30:
             return f"{value / 2**30:.2f} GiB"

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from pytest_llmslo.capacity import CAPACITY_METRICS, METRIC_OF
 from pytest_llmslo.config import (
     APIS,
     ARRIVALS,
     BACKENDS,
     FORMATS,
+    CapacityConfig,
     DatasetConfig,
     LoadConfig,
     ServerConfig,
@@ -29,10 +31,12 @@ from pytest_llmslo.config import (
 )
 from pytest_llmslo.kinds import MAX_PARALLEL, MAX_RATE, Context, http_url_problem
 from pytest_llmslo.schema import (
+    CAPACITY_KEYS,
     DATASET_KEYS,
     LOAD_KEYS,
     SERVER_KEYS,
     VERDICTS_KEYS,
+    read_capacity,
     read_dataset,
     read_load,
     read_server,
@@ -59,6 +63,7 @@ from pytest_llmslo.values import (
     Shape,
     Value,
     did_you_mean,
+    read_bool,
     read_number,
     read_string,
     read_string_list,
@@ -150,6 +155,11 @@ class Scenario:
     server_loads: dict[str, LoadConfig] = field(default_factory=dict)
     # confidence of the intervals and the inconclusive policy (`verdicts:`)
     verdicts: VerdictsConfig = field(default_factory=VerdictsConfig)
+    # a capacity search over `parallel` or `rate` (`capacity:`); None: one run of `load`
+    capacity: CapacityConfig | None = None
+    # its servers run together, each under the whole load at the same time (`side_by_side:`),
+    # instead of one after another
+    side_by_side: bool = False
 
     def load_for(self, server: str) -> LoadConfig:
         return self.server_loads.get(server, self.load)
@@ -494,6 +504,8 @@ SCENARIO_KEYS = (
     "request_slo",
     "percentiles",
     "verdicts",
+    "capacity",
+    "side_by_side",
 )
 # scenario and server names are parts of test ids (spec.yaml::scenario::server::objective)
 _SCENARIO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -515,9 +527,97 @@ def _dataset(reader: _Reader, name: str, node: Node, line: int) -> DatasetConfig
 
 
 def _load(
-    reader: _Reader, entries: Mapping[str, _Entry], scenario_path: str, line: int
+    reader: _Reader,
+    entries: Mapping[str, _Entry],
+    scenario_path: str,
+    line: int,
+    varied: str | None = None,
 ) -> LoadConfig:
-    return read_load(_values(reader, entries), _Site(reader, line, f"{scenario_path}.load"))
+    site = _Site(reader, line, f"{scenario_path}.load")
+    return read_load(_values(reader, entries), site, varied=varied)
+
+
+def _capacity(reader: _Reader, entry: _Entry) -> CapacityConfig:
+    entries = reader.mapping(entry.node, entry.path, CAPACITY_KEYS)
+    return read_capacity(_values(reader, entries), _Site(reader, entry.line, entry.path))
+
+
+def _side_by_side(
+    reader: _Reader,
+    entries: Mapping[str, _Entry],
+    servers: Sequence[str],
+    capacity: CapacityConfig | None,
+) -> bool:
+    """`side_by_side: true`: the scenario's servers (two or more) run at the same time."""
+    if "side_by_side" not in entries:
+        return False
+    written = _Node(reader, entries["side_by_side"])
+    wanted = read_bool(written)
+    if wanted and len(servers) < 2:
+        raise written.error(
+            f"runs servers side by side, and this scenario has one ({servers[0]!r})",
+            fix="List two or more servers under its servers:, or remove side_by_side.",
+        )
+    if wanted and capacity is not None:
+        raise written.error(
+            "a capacity search varies the load of one server at a time",
+            fix="Search each server's capacity in a scenario of its own, or remove side_by_side.",
+        )
+    return wanted
+
+
+def _check_capacity(
+    reader: _Reader,
+    path: str,
+    entries: Mapping[str, _Entry],
+    capacity: CapacityConfig | None,
+    loads: Sequence[LoadConfig],
+    objectives: Sequence[Objective],
+) -> None:
+    """A capacity search's load and objectives fit what it varies; a capacity objective needs
+    a search."""
+    for objective in objectives:
+        if objective.metric not in CAPACITY_METRICS:
+            continue
+        where = f"{path}.slo.{objective.metric}"
+        if capacity is None:
+            raise reader.error(
+                objective.line,
+                where,
+                f"{objective.metric} is the answer of a capacity search, and this scenario has "
+                "none",
+                fix="Add capacity: {vary: parallel, start: 1, max: 64, budget: 10 min} to the "
+                f"scenario, or remove the objective (a default one with {objective.metric}: null).",
+            )
+        if objective.metric != METRIC_OF[capacity.vary]:
+            raise reader.error(
+                objective.line,
+                where,
+                f"this scenario's capacity search varies {capacity.vary}, so it answers "
+                f"{METRIC_OF[capacity.vary]}, not {objective.metric}",
+                fix=f"Gate {METRIC_OF[capacity.vary]}, or vary the other load.",
+            )
+    if capacity is None:
+        return
+    vary = reader.mapping(entries["capacity"].node, entries["capacity"].path, CAPACITY_KEYS)["vary"]
+    for load in loads:
+        if capacity.vary == "rate" and load.parallel is not None and load.rate is None:
+            raise reader.error(
+                vary.node,
+                vary.path,
+                "vary: rate needs an open-loop load, and this scenario's load is closed-loop "
+                f"(parallel {load.parallel}, no rate)",
+                fix="Set vary: parallel to search over concurrent users, or give the load a "
+                "rate (parallel then caps the requests in flight).",
+            )
+        if capacity.vary == "parallel" and load.rate is not None:
+            raise reader.error(
+                vary.node,
+                vary.path,
+                "vary: parallel needs a closed-loop load, and this scenario's load is open-loop "
+                f"(rate {load.rate:g} req/s): parallel would only cap the requests in flight",
+                fix="Set vary: rate to search over request rates, or remove rate from the load.",
+            )
 
 
 def _objectives(
@@ -656,9 +756,13 @@ def _scenario(
             fix=did_you_mean(dataset, list(datasets), 0.5) or "Define it under datasets:.",
         )
 
+    capacity: CapacityConfig | None = None
+    if "capacity" in entries:
+        capacity = _capacity(reader, entries["capacity"])
     load_entries = _merged(reader, defaults, entries, "load", LOAD_KEYS)
     load_line = entries["load"].line if "load" in entries else line
-    load = _load(reader, load_entries, path, load_line)
+    varied = capacity.vary if capacity is not None else None
+    load = _load(reader, load_entries, path, load_line, varied)
     server_loads: dict[str, LoadConfig] = {}
     if "server_load" in entries:
         section = entries["server_load"]
@@ -673,7 +777,7 @@ def _scenario(
                 )
             merged = dict(load_entries)
             merged.update(reader.mapping(override.node, override.path, LOAD_KEYS))
-            server_loads[server] = _load(reader, merged, path, override.line)
+            server_loads[server] = _load(reader, merged, path, override.line, varied)
 
     objectives = _objectives(
         reader, _merged(reader, defaults, entries, "slo", None), parse_objective
@@ -706,6 +810,8 @@ def _scenario(
     verdicts = read_verdicts(
         _values(reader, _merged(reader, defaults, entries, "verdicts", VERDICTS_KEYS))
     )
+    _check_capacity(reader, path, entries, capacity, (load, *server_loads.values()), objectives)
+    side_by_side = _side_by_side(reader, entries, server_names, capacity)
 
     return Scenario(
         name=name,
@@ -718,6 +824,8 @@ def _scenario(
         percentiles=percentiles,
         line=line,
         verdicts=verdicts,
+        capacity=capacity,
+        side_by_side=side_by_side,
     )
 
 

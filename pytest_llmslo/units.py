@@ -17,6 +17,7 @@ class UnitKind(str, enum.Enum):
     RATIO = "ratio"
     MEMORY = "memory"
     COUNT = "count"
+    FACTOR = "factor"  # how many times another value (a growth): 2x, 1.5, 150%
 
     def __str__(self) -> str:
         return self.value
@@ -29,6 +30,7 @@ CANONICAL_UNIT: dict[UnitKind, str] = {
     UnitKind.RATIO: "",  # a fraction in [0, 1]
     UnitKind.MEMORY: "B",
     UnitKind.COUNT: "",
+    UnitKind.FACTOR: "",
 }
 
 # factor from the written unit to the canonical one
@@ -56,6 +58,7 @@ UNITS: dict[UnitKind, dict[str, float]] = {
         "TiB": 2.0**40,
     },
     UnitKind.COUNT: {},
+    UnitKind.FACTOR: {"x": 1.0, "%": 0.01},
 }
 
 # A bare number is ambiguous for times (ms or s?) and memory (bytes or GiB?), so those need a unit.
@@ -66,6 +69,7 @@ BARE_NUMBER_ALLOWED: dict[UnitKind, bool] = {
     UnitKind.RATIO: True,
     UnitKind.MEMORY: False,
     UnitKind.COUNT: True,
+    UnitKind.FACTOR: True,
 }
 
 _QUANTITY = re.compile(r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>.*)")
@@ -119,6 +123,7 @@ def _example(kind: UnitKind) -> str:
         UnitKind.RATIO: "1% or 0.01",
         UnitKind.MEMORY: "24 GiB",
         UnitKind.COUNT: "0",
+        UnitKind.FACTOR: "2x",
     }[kind]
 
 

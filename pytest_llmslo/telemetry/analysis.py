@@ -61,6 +61,8 @@ class ServerMetrics:
     scrapes: int = 0
     scrape_errors: int = 0
     gauge_reason: str | None = None
+    # the waiting-requests gauge of every in-window scrape, in order: whether the queue grew
+    requests_waiting_series: tuple[float, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -371,6 +373,7 @@ def server_metrics(
             scrapes=len(scrapes),
             scrape_errors=samples.scrape_errors,
             gauge_reason=gauge_reason,
+            requests_waiting_series=tuple(waiting),
         ),
         None,
     )

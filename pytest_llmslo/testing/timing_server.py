@@ -3,8 +3,10 @@
 It streams a role-only chunk at once, then ``tokens`` content chunks, the first ``ttft_ms`` after
 the request arrived and the rest ``gap_ms`` apart, and logs on ``time.monotonic_ns()`` when it
 received each request and wrote each event, so a client's timestamps can be checked against the
-moment the bytes left. Body fields override the defaults per request: ``x_ttft_ms``, ``x_gap_ms``,
-``x_tokens`` (else ``max_tokens``), ``x_no_usage``, ``x_fault`` (see ``FAULTS``) and
+moment the bytes left. With ``ttft_per_stream_ms``, a request's TTFT grows by that much for each
+other request open when it arrives, so the server slows down with concurrency as a real one does,
+at a knee that is known exactly. Body fields override the defaults per request: ``x_ttft_ms``,
+``x_gap_ms``, ``x_tokens`` (else ``max_tokens``), ``x_no_usage``, ``x_fault`` (see ``FAULTS``) and
 ``x_reasoning`` (the first N tokens are reasoning, streamed as vLLM does, in ``delta.reasoning``,
 and counted in usage's ``completion_tokens_details``). Stdlib only
 and one asyncio loop, so it costs little CPU next to the client it measures.
@@ -57,6 +59,8 @@ class Timing:
     gap_ms: float = 20.0
     tokens: int = 20
     model: str = DEFAULT_MODEL
+    # added to the TTFT for each other request open when this one arrives (0: no slow-down)
+    ttft_per_stream_ms: float = 0.0
 
 
 @dataclass
@@ -82,6 +86,7 @@ class TimingServer:
         self.log: list[dict[str, Any]] = []
         self._log_file: TextIO | None = open(log_path, "a") if log_path else None  # noqa: SIM115
         self._next_id = 0
+        self._open = 0  # completion requests being answered now
         self.port = 0
 
     async def serve(
@@ -175,17 +180,27 @@ class TimingServer:
             stream=bool(body.get("stream")),
             fault=body.get("x_fault"),
         )
+        others = self._open
+        self._open += 1
         try:
-            return await self._answer(writer, entry, chat, body)
+            return await self._answer(writer, entry, chat, body, others)
         finally:
+            self._open -= 1
             entry.end_ns = time.monotonic_ns()
             self._record(entry)
 
     async def _answer(
-        self, writer: asyncio.StreamWriter, entry: _Entry, chat: bool, body: dict[str, Any]
+        self,
+        writer: asyncio.StreamWriter,
+        entry: _Entry,
+        chat: bool,
+        body: dict[str, Any],
+        others: int = 0,
     ) -> bool:
         timing = self.timing
-        ttft = float(body.get("x_ttft_ms", timing.ttft_ms)) / 1000
+        ttft = (
+            float(body.get("x_ttft_ms", timing.ttft_ms)) + timing.ttft_per_stream_ms * others
+        ) / 1000
         gap = float(body.get("x_gap_ms", timing.gap_ms)) / 1000
         tokens = int(body.get("x_tokens") or body.get("max_tokens") or 0) or timing.tokens
         if body.get("max_completion_tokens") and "x_tokens" not in body:
@@ -483,6 +498,7 @@ def serve_timing_server(
     gap_ms: float = 20.0,
     tokens: int = 20,
     model: str = DEFAULT_MODEL,
+    ttft_per_stream_ms: float = 0.0,
     cpu: int | None = None,
     host: str = "127.0.0.1",
     tls_cert: str | None = None,
@@ -506,6 +522,8 @@ def serve_timing_server(
         str(tokens),
         "--model",
         model,
+        "--ttft-per-stream-ms",
+        str(ttft_per_stream_ms),
     ]
     if cpu is not None:
         command += ["--cpu", str(cpu)]
@@ -574,6 +592,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gap-ms", type=float, default=20.0, help="gap between content chunks")
     parser.add_argument("--tokens", type=int, default=20, help="content chunks per answer")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--ttft-per-stream-ms",
+        type=float,
+        default=0.0,
+        help="added to a request's TTFT for each other request open when it arrives",
+    )
     parser.add_argument("--log", help="append one JSON line per request to this file")
     parser.add_argument("--cpu", type=int, help="pin the server to this CPU core")
     parser.add_argument("--tls-cert", help="serve https with this PEM certificate (chain)")
@@ -581,7 +605,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    timing = Timing(args.ttft_ms, args.gap_ms, args.tokens, args.model)
+    timing = Timing(args.ttft_ms, args.gap_ms, args.tokens, args.model, args.ttft_per_stream_ms)
     server = TimingServer(timing, args.log)
     tls = None
     if args.tls_cert:

@@ -28,21 +28,27 @@ def test_demo_spec_passes_on_both_backends(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "--slo", str(ROOT / "slo_specs" / "demo.yaml"), "--slo-report", str(report), timeout=900
     )
-    result.assert_outcomes(passed=17)
+    result.assert_outcomes(passed=21)
     text = report.read_text(encoding="utf-8")
     for section in (
         "openqa-c4[vllm] — PASS",
         "random-poisson[vllm] — PASS",
         "openqa-c4[hf] — PASS",
+        "capacity-ttft[vllm] — PASS",
     ):
         assert section in text
+    assert "Capacity search over `parallel`, 1 to 8" in text and "- stopped: " in text
     assert "server /metrics (" in text  # vLLM's own counters were scraped
     assert "not served" in text  # and transformers serve is said to have none, not zeros
     data = json.loads(report.with_name("results.json").read_text(encoding="utf-8"))
     pids = [s["endpoint"]["pid"] for s in data["scenarios"]]
     assert all(pids) and all(_gone(pid) for pid in pids)
     rows = report.with_name("requests.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 3 * 42  # 40 measured + 2 warmup in each scenario
+    (search,) = [s["capacity"] for s in data["scenarios"] if s["capacity"] is not None]
+    assert search["answer"] >= 2 and search["steps"][0]["level"] == 1
+    # 40 measured + 2 warmup in each plain scenario; up to 16 + 2 in each step of the search
+    steps = len(search["steps"])
+    assert 3 * 42 < len(rows) <= 3 * 42 + steps * 18
 
 
 def test_server_dying_mid_run_is_reported_with_its_log(

@@ -92,7 +92,7 @@ def test_passing_spec_runs_each_objective_as_a_test(
     text = report.read_text()
     assert "chat-c2[svc] — PASS" in text and "| ttft_p95 |" in text
     data = json.loads((report.parent / "results.json").read_text())
-    assert data["schema"] == "pytest-llmslo/results/v3"
+    assert data["schema"] == "pytest-llmslo/results/v4"
     scenario = data["scenarios"][0]
     assert scenario["summary"]["requests"] == 6 and scenario["status"] == "PASS"
     lines = (report.parent / "requests.jsonl").read_text().splitlines()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmslo import catalogue, catalogue_docs, metrics, report, slo
+from pytest_llmslo import capacity, catalogue, catalogue_docs, metrics, report, slo
 from pytest_llmslo.catalogue import (
     BY_NAME,
     METRICS,
@@ -19,7 +19,8 @@ from pytest_llmslo.catalogue import (
     Producer,
     names,
 )
-from pytest_llmslo.config import LoadConfig, ServerConfig
+from pytest_llmslo.client_health import ClientHealth
+from pytest_llmslo.config import VARIES, CapacityConfig, LoadConfig, ServerConfig
 from pytest_llmslo.environment import RunInfo
 from pytest_llmslo.records import Endpoint, ErrorCategory, RequestRecord
 from pytest_llmslo.result import SERVER_PROCESS_METRICS, ScenarioResult
@@ -109,6 +110,8 @@ def run_result(records: list[RequestRecord], report: TelemetryReport) -> Scenari
         summary=summary,
         telemetry=report,
         records=tuple(records),
+        load=LoadConfig(parallel=1),
+        client=ClientHealth((0.001,) * 10, 0.1, 1.0),
     )
 
 
@@ -217,10 +220,26 @@ def test_telemetry_has_a_lookup_for_each_telemetry_and_server_metric() -> None:
     assert set(SERVER) <= fields  # read by name from the /metrics summary
 
 
+def searched(res: ScenarioResult, metric: str) -> ScenarioResult:
+    """`res` as the answer of a capacity search whose one step, at 4, passed."""
+    vary = next(v for v, m in capacity.METRIC_OF.items() if m == metric)
+    config = CapacityConfig(vary=vary, start=1, max=4, budget=60)
+    step = capacity.Step(1, 4.0, "probe", "pass", "every objective passed", 1.0, res)
+    search = capacity.CapacitySearch(config, (step,), "max", "max reached: 4 passed")
+    return dataclasses.replace(res, capacity=search)
+
+
+def test_the_capacity_search_answers_each_capacity_metric() -> None:
+    assert set(capacity.METRIC_OF.values()) == set(names(producer=Producer.CAPACITY))
+    assert set(capacity.METRIC_OF) == set(VARIES)
+
+
 def test_every_declared_metric_resolves_to_a_value_on_a_complete_run() -> None:
-    res = run_result([record(i) for i in range(4)], telemetry())
+    # 12 requests: thirds of 4 give ttft_growth a trend to read
+    res = run_result([record(i) for i in range(12)], telemetry())
     for name in objective_names():
-        got = res.measure(name)
+        # a capacity metric is the answer of a search, which this run is the step of
+        got = (searched(res, name) if name in capacity.CAPACITY_METRICS else res).measure(name)
         assert math.isfinite(got.value), (name, got)
         assert got.reason == "", (name, got)
 
@@ -238,6 +257,8 @@ def test_every_declared_metric_not_measured_says_why() -> None:
     res = dataclasses.replace(
         run_result([failed], telemetry(served=False)),
         endpoint=Endpoint("http://127.0.0.1:1", "m", "vllm", pid=1, startup_seconds=None),
+        load=None,
+        client=None,
     )
     unmeasured = set()
     for name in objective_names():

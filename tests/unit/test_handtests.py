@@ -173,3 +173,32 @@ def test_a_run_that_did_not_complete_fails_everywhere_even_when_its_numbers_pass
 def test_a_run_without_a_summary_cannot_become_a_load_run() -> None:
     with pytest.raises(RuntimeError, match="the run has no summary: load stopped early"):
         LoadRun.of(stopped_early(summary=False))
+
+
+def test_a_hand_written_run_reruns_until_decisive_when_its_verdicts_say_so(
+    instrument: TimingServerProcess,
+) -> None:
+    endpoint = Endpoint(instrument.base_url, "timing-model", "vllm")
+    # a p90 needs 36 requests for an upper bound: the third round of 12 decides it
+    run = run_workload(
+        endpoint,
+        ["hi", "there"],
+        {"parallel": 2, "requests": 12},
+        objectives={"ttft_p90": "<= 5 s"},
+        verdicts={"inconclusive": "rerun", "rounds": {"min": 1, "max": 6}},
+    )
+    assert [t.number for t in run.result.rounds] == [1, 2, 3]
+    assert [v.outcome for t in run.result.rounds for v in t.verdicts] == [
+        "inconclusive",
+        "inconclusive",
+        "pass",
+    ]
+    assert len(run.records) == 36 and run.verdicts[0].passed
+
+
+def test_bad_verdicts_for_a_hand_written_run_name_the_key() -> None:
+    endpoint = Endpoint("http://127.0.0.1:9", "timing-model", "vllm")
+    with pytest.raises(
+        ValueError, match=r"run_workload\(verdicts=...\).*rounds.*max \(1\) is below"
+    ):
+        run_workload(endpoint, ["hi"], verdicts={"rounds": {"min": 2, "max": 1}})

@@ -147,3 +147,43 @@ def test_distribution_stats() -> None:
     assert d.stat("max") == 4.0
     with pytest.raises(KeyError):
         d.stat("p")
+
+
+def _round(start: float, length: float, tokens: int, count: int) -> list[RequestRecord]:
+    """`count` requests ending evenly over [start, start + length], `tokens` output each."""
+    step = length / count
+    return [
+        rec(
+            i,
+            sent=start + i * step,
+            first=start + i * step + 0.01,
+            times=(start + i * step + 0.01,),
+            end=start + (i + 1) * step,
+            out=tokens,
+        )
+        for i in range(count)
+    ]
+
+
+def test_pooled_rounds_rate_over_their_summed_windows_and_keep_each_rounds_value() -> None:
+    # round 1: 100 tok over 10 s; a 100 s pause; round 2: 300 tok over 10 s
+    first, second = _round(0.0, 10.0, 10, 10), _round(110.0, 10.0, 30, 10)
+    s = summarize(first + second, window=(0.0, 120.0), rounds=[(0.0, 10.0), (110.0, 120.0)])
+    assert s.duration_s == pytest.approx(20.0)  # the pause between rounds counts nowhere
+    assert s.output_throughput == pytest.approx(400 / 20)
+    assert s.round_values["output_throughput"] == pytest.approx((10.0, 30.0))
+    assert s.rounds == 2 and s.batches == {}
+    interval = s.interval("output_throughput", 0.95)
+    assert interval is not None and interval.method == "t over rounds" and interval.n == 2
+    # two rounds of 10 and 30: mean 20, t(0.975, 1) = 12.706 times the standard error 10
+    assert interval.low == pytest.approx(20 - 127.06, rel=1e-3)
+    assert interval.high == pytest.approx(20 + 127.06, rel=1e-3)
+    # per-request percentiles pool every round's samples
+    assert s.distributions["ttft"].count == 20
+
+
+def test_one_round_keeps_batch_means() -> None:
+    s = summarize(_round(0.0, 10.0, 10, 20), window=(0.0, 10.0), rounds=[(0.0, 10.0)])
+    assert s.rounds == 1 and s.round_values == {} and len(s.batches["output_throughput"]) == 10
+    interval = s.interval("output_throughput", 0.95)
+    assert interval is not None and interval.method == "batch means"

@@ -152,7 +152,7 @@ def test_results_json_gives_outcome_and_interval_with_null_for_an_unbounded_side
     res = result("ttft_p95", "<= 10 s", 20, policy="pass")
     data = results_json([res], INFO)
     [verdict] = data["scenarios"][0]["verdicts"]
-    assert data["schema"] == "pytest-llmslo/results/v3"
+    assert data["schema"] == "pytest-llmslo/results/v4"
     assert verdict["outcome"] == "inconclusive" and verdict["passed"] is True
     assert verdict["interval"]["high"] is None and verdict["interval"]["low"] > 0
     assert verdict["interval"]["method"] == "order statistic"
