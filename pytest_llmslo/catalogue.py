@@ -52,7 +52,10 @@ class IntervalMethod(str, enum.Enum):
 
     # by the objective's statistic: a percentile (and the median) by order statistics, the mean
     # by Student's t; min, max and std as measured (no distribution-free interval bounds them)
-    PER_STATISTIC = "order statistic (percentiles), t (mean); min, max, std as measured"
+    PER_STATISTIC = (
+        "order statistic (percentiles), t (mean), each widened by t over rounds when it ran "
+        "several; min, max, std as measured"
+    )
     WILSON = "Wilson score interval"  # a proportion of the measured requests
     # t over equal time slices of the measured window (requests counted in the slice they end in)
     BATCH_MEANS = (

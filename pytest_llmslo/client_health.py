@@ -44,6 +44,7 @@ GUARD_LAG_QUANTILE = 90.0  # sustained lateness, not the odd stall
 CPU_LIMIT = 0.95
 DISPATCH_LAG_LIMIT_S = 0.1
 CONCURRENCY_LIMIT = 0.8
+MIN_WINDOW_S = 1.0  # shorter measured phases are not judged
 NAN = math.nan
 
 
@@ -150,6 +151,10 @@ def fell_behind(
 ) -> str | None:
     """Why the client could not keep up with the load asked of it, or None when it did."""
     reasons = []
+    if health is not None and health.wall_seconds < MIN_WINDOW_S:
+        # a phase of a few hundred milliseconds (requests failing at once) says nothing about
+        # pace: one busy moment of the loop is most of it
+        return None
     if health is not None:
         lag = health.loop_lag(GUARD_LAG_QUANTILE)
         if lag > LOOP_LAG_LIMIT_S:

@@ -42,6 +42,7 @@ from pytest_llmslo.kinds import (
     Strings,
     Text,
     TokenizerName,
+    WorkerCount,
     spec_key,
 )
 
@@ -286,6 +287,17 @@ class LoadConfig:
     )
     rate: float | None = field(
         default=None, metadata=spec_key(Rate(), "open loop: requests per second")
+    )
+    # 0: `auto`, as many as the load needs (workers.py)
+    workers: int = field(
+        default=1,
+        metadata=spec_key(
+            WorkerCount(),
+            "client processes the load is spread over (`parallel`, `rate` and `requests` "
+            "divided among them), with one merged set of records; `auto`: one per 256 streams "
+            "or 200 req/s, at most the host's cores less one",
+            default="`1`",
+        ),
     )
     arrival: Arrival = field(
         default="poisson",

@@ -43,6 +43,8 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 
 _CLIENT_HEADERS = ("host", "content-length", "content-type", "transfer-encoding")
 
 
+# client processes one load may spread over; more than a host's cores only adds contention
+MAX_WORKERS = 256
 # a scenario that needs more rounds than this to decide needs a longer round instead
 MAX_ROUNDS = 50
 
@@ -557,6 +559,23 @@ class ByteSize:
                 raise value.error(f"must be at least 1 B, got {got!r}")
             return int(size)
         return read_int(value, minimum=1)
+
+
+@dataclass(frozen=True)
+class WorkerCount:
+    """Client processes for one load: a count, or ``auto`` (stored as 0)."""
+
+    doc: str = "integer >= 1, or `auto`"
+
+    def read(self, value: Value, ctx: Context) -> int:
+        if value.scalar() == "auto":
+            return 0
+        if isinstance(value.scalar(), str):
+            raise value.error(
+                f"expected a number of client processes or 'auto', got {value.scalar()!r}",
+                fix="Write e.g. workers: 4, or workers: auto.",
+            )
+        return read_int(value, minimum=1, maximum=MAX_WORKERS)
 
 
 @dataclass(frozen=True)

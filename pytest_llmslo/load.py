@@ -36,6 +36,7 @@ from pytest_llmslo.http_client import (
     build_request,
     parse_base_url,
 )
+from pytest_llmslo.progress import LoadProgress
 from pytest_llmslo.records import Endpoint, ErrorCategory, Prompt, RequestRecord
 
 CountTokens = Callable[[str], int]
@@ -72,12 +73,14 @@ def run_load(
     count_tokens: CountTokens | None = None,
     should_stop: ShouldStop | None = None,
     on_measured_start: Callable[[], None] | None = None,
+    progress: LoadProgress | None = None,
 ) -> LoadResult:
     """Run one load test to completion (or interruption) and return every record.
 
     ``on_measured_start`` is called once the warmup requests have all ended, just before the
     first measured one is sent (nothing is in flight then, so it may block briefly): telemetry
-    uses it to leave warmup out of the server's /metrics counters.
+    uses it to leave warmup out of the server's /metrics counters. ``progress`` is counted up
+    as requests finish, for a display in another thread to read (progress.py).
     """
     return asyncio.run(
         run_load_async(
@@ -87,6 +90,7 @@ def run_load(
             count_tokens=count_tokens,
             should_stop=should_stop,
             on_measured_start=on_measured_start,
+            progress=progress,
         )
     )
 
@@ -99,11 +103,13 @@ async def run_load_async(
     count_tokens: CountTokens | None = None,
     should_stop: ShouldStop | None = None,
     on_measured_start: Callable[[], None] | None = None,
+    progress: LoadProgress | None = None,
 ) -> LoadResult:
     """Same as :func:`run_load`, inside a running event loop."""
     check_load(config, prompts)
     run = _Run(endpoint, prompts, config, count_tokens, should_stop)
     run.on_measured_start = on_measured_start
+    run.progress = progress
     return await run.execute()
 
 
@@ -256,6 +262,7 @@ class _Run:
         self._failed_measured = 0
         self._budget = failure_budget(config)
         self.on_measured_start: Callable[[], None] | None = None
+        self.progress: LoadProgress | None = None
 
     # -- orchestration ---------------------------------------------------------------------
 
@@ -276,6 +283,8 @@ class _Run:
         try:
             await self._prewarm()
             if self.config.warmup and not self.stopped.is_set():
+                if self.progress is not None:
+                    self.progress.warming(self.config.warmup)
                 await self._phase(warmup=True, count=self.config.warmup, duration=None)
             if self.on_measured_start is not None and not self.stopped.is_set():
                 self.on_measured_start()
@@ -284,6 +293,8 @@ class _Run:
                 count = self.config.requests
                 if count is None and self.config.duration is None:
                     count = len(self.prompts)
+                if self.progress is not None:
+                    self.progress.measuring(count, self.config.duration, monotonic())
                 probe.start()
                 try:
                     await self._phase(warmup=False, count=count, duration=self.config.duration)
@@ -502,6 +513,8 @@ class _Run:
         timeout: without this, 100 requests from 10 users would take 10 x 300 s.
         """
         self.records.append(record)
+        if self.progress is not None:
+            self.progress.count(record)
         if self.stopped.is_set():
             return  # requests cancelled by the stop say so themselves
         config = self.config
@@ -562,32 +575,37 @@ class _Run:
 
     def _count_missing_tokens(self, records: list[RequestRecord]) -> list[RequestRecord]:
         # counting runs after the measured window, so a slow tokenizer cannot skew the timing
-        count = self.count_tokens
-        if count is None:
-            return records
-        out = []
-        for record in records:
-            changes: dict[str, Any] = {}
-            reasoning = str(record.extra.get("reasoning_text", ""))
-            if record.reasoning_tokens is None and record.ok and reasoning:
-                changes["reasoning_tokens"] = count(reasoning)
-            if record.output_tokens is None and record.ok:
-                # the answer and the reasoning are separate texts: counted apart, no token
-                # spans the boundary between them
-                answer = count(record.output_text) if record.output_text else 0
-                changes["output_tokens"] = answer + (
-                    changes.get("reasoning_tokens", record.reasoning_tokens) or 0
-                )
-                changes["token_source"] = "tokenizer"
-            if record.input_tokens is None:
-                prompt = self.prompts[record.prompt_index]
-                changes["input_tokens"] = (
-                    prompt.input_tokens
-                    if prompt.input_tokens is not None
-                    else count(prompt.as_text())
-                )
-            out.append(replace(record, **changes) if changes else record)
-        return out
+        return count_missing_tokens(records, self.prompts, self.count_tokens)
+
+
+def count_missing_tokens(
+    records: list[RequestRecord], prompts: Sequence[Prompt], count: CountTokens | None
+) -> list[RequestRecord]:
+    """`records` with the token counts the server did not send counted with `count` (labelled
+    `token_source: tokenizer`); as they are without a tokenizer."""
+    if count is None:
+        return records
+    out = []
+    for record in records:
+        changes: dict[str, Any] = {}
+        reasoning = str(record.extra.get("reasoning_text", ""))
+        if record.reasoning_tokens is None and record.ok and reasoning:
+            changes["reasoning_tokens"] = count(reasoning)
+        if record.output_tokens is None and record.ok:
+            # the answer and the reasoning are separate texts: counted apart, no token
+            # spans the boundary between them
+            answer = count(record.output_text) if record.output_text else 0
+            changes["output_tokens"] = answer + (
+                changes.get("reasoning_tokens", record.reasoning_tokens) or 0
+            )
+            changes["token_source"] = "tokenizer"
+        if record.input_tokens is None:
+            prompt = prompts[record.prompt_index]
+            changes["input_tokens"] = (
+                prompt.input_tokens if prompt.input_tokens is not None else count(prompt.as_text())
+            )
+        out.append(replace(record, **changes) if changes else record)
+    return out
 
 
 def _raise_bug(outcomes: Sequence[object]) -> None:

@@ -122,6 +122,10 @@ class Summary:
     # per window rate (output_throughput, ...): its value in each of BATCHES equal time slices
     batches: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False, compare=False)
     rounds: int = 1  # rounds pooled (`verdicts.rounds`); duration_s is their windows' total
+    # per distribution, when rounds > 1: each round's own sample, in round order
+    round_samples: dict[str, tuple[np.ndarray, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
     # the measured requests' durations summed (send to end): over duration_s, the concurrency
     # the client achieved
     busy_seconds: float = 0.0
@@ -160,12 +164,32 @@ class Summary:
         if sample is None or sample.size == 0:
             return None
         if stat == "mean":
-            return mean_interval(sample.tolist(), confidence)
-        m = _STAT.match(stat)
-        q = 50.0 if stat == "median" else float(m.group(2)) if m and m.group(2) else None
-        if q is None or q >= 100.0:  # min, max, std (and p100 = max): as measured
-            return exact(value, int(sample.size))
-        return quantile_interval(sample.tolist(), q / 100.0, confidence)
+            within = mean_interval(sample.tolist(), confidence)
+        else:
+            m = _STAT.match(stat)
+            q = 50.0 if stat == "median" else float(m.group(2)) if m and m.group(2) else None
+            if q is None or q >= 100.0:  # min, max, std (and p100 = max): as measured
+                return exact(value, int(sample.size))
+            within = quantile_interval(sample.tolist(), q / 100.0, confidence)
+        return self._with_rounds(base, stat, within, confidence)
+
+    def _with_rounds(self, base: str, stat: str, within: Interval, confidence: float) -> Interval:
+        """`within` (which takes the requests as independent), widened to cover how the
+        statistic moved from round to round: requests of one round share its conditions (a
+        busy host, a warm cache), and on a shared machine that spread can exceed what the
+        requests' own scatter suggests. Student's t over the rounds' values; the union of both."""
+        per_round = self.round_samples.get(base, ())
+        values = [Distribution.of(s, ()).stat(stat, s) for s in per_round if s.size]
+        if len(values) < 2:
+            return within
+        between = rounds_interval(values, confidence)
+        return Interval(
+            min(within.low, between.low),
+            max(within.high, between.high),
+            confidence,
+            f"{within.method} and t over rounds",
+            within.n,
+        )
 
     def value(self, metric: str) -> tuple[float, int | None, str]:
         """(value, sample size, reason-if-NaN) of a metric name like `ttft_p95` or `goodput`."""
@@ -438,6 +462,7 @@ def summarize(
         good=good,
         batches=_batches(window, counted) if len(rounds) <= 1 else {},
         rounds=max(len(rounds), 1),
+        round_samples=_per_round_samples(measured, ok) if len(rounds) > 1 else {},
         busy_seconds=sum(r.end_at - r.sent_at for r in measured),
         ttft_thirds=thirds,
         round_values=_per_round(rounds, counted) if len(rounds) > 1 else {},
@@ -466,6 +491,19 @@ def _batches(
             i = min(max(int((end - start) / length), 0), BATCHES - 1)
             slices[i] += float(amount or 0)
         out[name] = tuple(v / length for v in slices)
+    return out
+
+
+def _per_round_samples(
+    measured: Sequence[RequestRecord], ok: Sequence[RequestRecord]
+) -> dict[str, tuple[np.ndarray, ...]]:
+    numbers = sorted({r.round for r in measured})
+    out = {}
+    for name in DISTRIBUTIONS:
+        chosen = measured if name in _OVER_EVERY_REQUEST else ok
+        out[name] = tuple(
+            _sample(PER_REQUEST[name], [r for r in chosen if r.round == n]) for n in numbers
+        )
     return out
 
 

@@ -103,6 +103,14 @@ _OPTIONS = [
         "Compare with a baseline that ran on other hardware or another model (refused "
         "otherwise); the differences are reported.",
     ),
+    (
+        "--slo-progress",
+        "slo_progress",
+        "LLMSLO_PROGRESS",
+        "Progress of server starts and loads: live (one line rewritten in place), lines (one "
+        "line per server start and per scenario when it ends), off, or auto (default: live on "
+        "a terminal, lines with -q or when the output is not a terminal).",
+    ),
 ]
 # on/off options: a bare flag on the command line, true/false in the ini file and environment
 _SWITCHES = ("--slo-baseline-allow-mismatch",)
@@ -154,6 +162,8 @@ class Settings:
         self.save_baseline = _save_target(Path(raw), self.source) if raw else None
         raw = self._one(config, _index("--slo-baseline-allow-mismatch"))
         self.allow_mismatch = raw is not None and raw.strip().lower() in _TRUE
+        raw = self._one(config, _index("--slo-progress"))
+        self.progress = _progress_mode(raw, self.source.get("slo_progress", "")) if raw else "auto"
 
     def _one(self, config: pytest.Config, i: int) -> str | None:
         flag, ini, env, _ = _OPTIONS[i]
@@ -239,6 +249,16 @@ def _policy(raw: str, where: str) -> str:
     return raw.strip()
 
 
+def _progress_mode(raw: str, where: str) -> str:
+    from pytest_llmslo.progress import PROGRESS_MODES
+
+    if raw.strip() not in PROGRESS_MODES:
+        raise pytest.UsageError(
+            f"pytest-llmslo: {where}: expected one of {', '.join(PROGRESS_MODES)}, got {raw!r}"
+        )
+    return raw.strip()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmslo", "LLM inference-service SLO testing (pytest-llmslo)")
     for flag, ini, env, text in _OPTIONS:
@@ -283,6 +303,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _open_session(config: pytest.Config, settings: Settings) -> SloSession:
     """The session that runs specs and keeps hand-written runs, opened on first use."""
+    from pytest_llmslo.progress_terminal import terminal_progress
     from pytest_llmslo.report_writer import RunFolder
     from pytest_llmslo.session import SloSession
 
@@ -299,6 +320,7 @@ def _open_session(config: pytest.Config, settings: Settings) -> SloSession:
         baseline=settings.baseline,
         allow_mismatch=settings.allow_mismatch,
         recording_baseline=settings.save_baseline is not None and settings.baseline is None,
+        progress=terminal_progress(config, settings.progress),
     )
 
 
@@ -431,6 +453,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         parts.append(f"save_baseline={settings.save_baseline}")
     if settings.allow_mismatch:
         parts.append("baseline_allow_mismatch=true")
+    if "slo_progress" in settings.source:
+        parts.append(f"progress={settings.progress}")
     sources = ", ".join(f"{k} from {v}" for k, v in sorted(settings.source.items()))
     return [" ".join(parts)] + ([f"llmslo settings: {sources}"] if sources else [])
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from pytest_llmslo.config import LoadConfig, ServerConfig
     from pytest_llmslo.metrics import Summary
     from pytest_llmslo.records import Endpoint
+    from pytest_llmslo.report_plots import PlotLink, Plots
     from pytest_llmslo.result import ScenarioResult
 
 # v2: `load` is the load that ran (v1 repeated the spec's), with `spec_load` and `load_notes`;
@@ -148,8 +149,8 @@ def _load_line(res: ScenarioResult) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def scenario_section(res: ScenarioResult) -> str:
-    """Markdown for one scenario on one server."""
+def scenario_section(res: ScenarioResult, plots: Sequence[PlotLink] = ()) -> str:
+    """Markdown for one scenario on one server; `plots` are its PNG files beside the report."""
     out = [f"### {res.id} — {_status(res)}", ""]
     out.append(f"- server: {_backend_line(res)}")
     if res.server.backend == "external":
@@ -232,6 +233,7 @@ def scenario_section(res: ScenarioResult) -> str:
             )
         )
         out.append("")
+    out += plot_lines(plots)
     if s is not None and s.failures_by_category:
         out += ["| error | count | example |", "|---|---|---|"]
         for cat, n in s.failures_by_category.items():
@@ -250,6 +252,19 @@ def scenario_section(res: ScenarioResult) -> str:
             "",
         ]
     return result_secrets(res).scrub("\n".join(out))
+
+
+def plot_lines(plots: Sequence[PlotLink]) -> list[str]:
+    """Each plot as an image with a path relative to report.md (the same from the run's folder
+    and beside the latest report), or why it was not drawn."""
+    out = []
+    for plot in plots:
+        if plot.error is None:
+            out += [f"![{plot.title}]({plot.path})", ""]
+        else:
+            why = plot.error.strip().partition("\n")[0]
+            out += [f"- plot `{plot.path}` ({plot.title}) not drawn: {why}", ""]
+    return out
 
 
 def comparison_lines(res: ScenarioResult) -> list[str]:
@@ -357,9 +372,13 @@ def _verdict_row(v: Verdict) -> str:
 
 
 def render_markdown(
-    results: Sequence[ScenarioResult], info: RunInfo, notices: Sequence[str] = ()
+    results: Sequence[ScenarioResult],
+    info: RunInfo,
+    notices: Sequence[str] = (),
+    plots: Plots | None = None,
 ) -> str:
-    """The whole report: run header, an overview, then one section per scenario and server."""
+    """The whole report: run header, an overview, then one section per scenario and server
+    (with its `plots`, drawn beforehand by report_plots.py)."""
     passed = sum(1 for r in results if _status(r) == "PASS")
     out = ["# LLM SLO report", ""]
     out.append(f"- pytest-llmslo {info.plugin_version}, {info.date}")
@@ -368,6 +387,7 @@ def render_markdown(
     out.append("- servers: " + "; ".join(backends))
     out.append(f"- scenarios: {passed} of {len(results)} passed every objective")
     out += [f"- note: {n}" for n in notices]
+    out += [f"- note: {n}" for n in (plots.notes if plots is not None else ())]
     out.append("")
     out += [
         "| scenario | server | result | output tok/s | TTFT p95 ms | TPOT mean ms | failures |",
@@ -393,7 +413,7 @@ def render_markdown(
         )
     out.append("")
     for r in results:
-        out.append(scenario_section(r))
+        out.append(scenario_section(r, plots.links.get(r.key, ()) if plots is not None else ()))
     out += _definitions(results)
     return _all_secrets(results).scrub("\n".join(out) + "\n")
 

@@ -1,9 +1,10 @@
 """Writes a session's reports: every run in its own folder, the latest beside the report path.
 
-`--slo-report llmslo-results/report.md` names the latest run's report; results.json and
-requests.jsonl sit beside it. Each run also keeps its own copy in `runs/<run id>/`, so a second
-session writing into the same folder replaces the latest files but loses nothing. A session that
-finds the latest files written by another session while it ran says so.
+`--slo-report llmslo-results/report.md` names the latest run's report; results.json,
+requests.jsonl and the plots (`plots/`, with the `plots` extra) sit beside it. Each run also
+keeps its own copy in `runs/<run id>/`, so a second session writing into the same folder replaces
+the latest files but loses nothing. A session that finds the latest files written by another
+session while it ran says so.
 
 Writing never raises: each file is rendered and written on its own (a failure loses that file
 alone, and says which), through a temporary file, so a reader never sees half a file.
@@ -15,8 +16,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 from pytest_llmslo import __version__
 from pytest_llmslo.environment import RunInfo, collect_run_info
 from pytest_llmslo.report import render_markdown, request_lines, results_json
+from pytest_llmslo.report_plots import Plots, draw_plots
 
 if TYPE_CHECKING:
     from pytest_llmslo.result import ScenarioResult
@@ -88,10 +91,12 @@ def write_reports(
     info = _run_info(results)
     markdown_failed: list[str] = []
     written = Written("", warnings=[f"llmslo: {n}" for n in notices])
+    plots = _plots(results)  # first: report.md links what was drawn
+    written.warnings += plots.warnings
 
     def markdown() -> str:
         try:
-            return render_markdown(results, info, notices)
+            return render_markdown(results, info, notices, plots)
         except Exception as exc:  # the terminal and the other files still get their verdicts
             markdown_failed.append(f"{type(exc).__name__}: {exc}")
             raise
@@ -119,7 +124,9 @@ def write_reports(
         f"(the markdown report could not be rendered: {'; '.join(markdown_failed)})"
     )
 
-    if _write_all(written, {run_dir / name: text for name, text in texts.items()}):
+    files_of_run: dict[Path, str | bytes] = {run_dir / name: text for name, text in texts.items()}
+    files_of_run.update({run_dir / name: png for name, png in plots.files.items()})
+    if _write_all(written, files_of_run):
         written.messages.append(f"llmslo: this run's reports: {run_dir}")
     other = latest_run_id(report_path)
     if other is not None and other not in (run.latest_at_start, run_id):
@@ -128,11 +135,15 @@ def write_reports(
             f"ran; the latest files there now hold this run ({run_id}), the other run's files "
             f"are in {run.runs_dir / other}"
         )
-    latest = {report_path.with_name(name): text for name, text in texts.items()}
+    latest: dict[Path, str | bytes] = {
+        report_path.with_name(name): text for name, text in texts.items()
+    }
+    latest.update({report_path.parent / name: png for name, png in plots.files.items()})
     if _write_all(written, latest):
-        written.messages.append(
-            f"llmslo: wrote {report_path} (latest; {RESULTS_NAME} and {REQUESTS_NAME} beside it)"
-        )
+        beside = f"{RESULTS_NAME} and {REQUESTS_NAME}"
+        if plots.files:
+            beside = f"{RESULTS_NAME}, {REQUESTS_NAME} and {len(plots.files)} plots"
+        written.messages.append(f"llmslo: wrote {report_path} (latest; {beside} beside it)")
     if baseline_copy is not None and RESULTS_NAME in texts:
         if _write_all(written, {baseline_copy: texts[RESULTS_NAME]}):
             written.messages.append(f"llmslo: saved the baseline: {baseline_copy}")
@@ -141,14 +152,22 @@ def write_reports(
     if step_summary:
         try:
             with open(step_summary, "a", encoding="utf-8") as fh:
-                fh.write(written.markdown + os.linesep)
+                fh.write(_without_images(written.markdown) + os.linesep)
             written.messages.append("llmslo: appended the report to $GITHUB_STEP_SUMMARY")
         except OSError as exc:
             written.warnings.append(f"llmslo: could not append to $GITHUB_STEP_SUMMARY: {exc}")
     return written
 
 
-def _write_all(written: Written, texts: dict[Path, str]) -> bool:
+def _plots(results: Sequence[ScenarioResult]) -> Plots:
+    try:
+        return draw_plots(results)
+    except Exception as exc:  # plots are extra: the report goes on without them
+        why = f"{type(exc).__name__}: {exc}"
+        return Plots(notes=[f"no plots: {why}"], warnings=[f"llmslo: could not draw plots: {why}"])
+
+
+def _write_all(written: Written, texts: Mapping[Path, str | bytes]) -> bool:
     ok = bool(texts)
     for path, text in texts.items():
         try:
@@ -159,13 +178,26 @@ def _write_all(written: Written, texts: dict[Path, str]) -> bool:
     return ok
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, so no reader sees half a file."""
+_IMAGE = re.compile(r"!\[([^\]]*)\]\((plots/[^)\s]+)\)")
+
+
+def _without_images(markdown: str) -> str:
+    """The job summary has no folder beside it: a plot is named, not shown as a broken image."""
+    return _IMAGE.sub(r"*\1: `\2` in the report folder*", markdown)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write through a temporary file in the same folder, so no reader sees half a file; text
+    as UTF-8, bytes (a plot) as they are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        if isinstance(text, bytes):
+            with os.fdopen(fd, "wb") as binary:
+                binary.write(text)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ from pytest_llmslo.catalogue import METRICS, Producer
 from pytest_llmslo.config import DEFAULT_CONFIDENCE
 from pytest_llmslo.slo import Measurement, Objective, Verdict, evaluate, guarded, metric_info
 from pytest_llmslo.telemetry.measures import measure as telemetry_measure
+from pytest_llmslo.units import UnitKind
 
 if TYPE_CHECKING:
     from pytest_llmslo.baseline import Comparison
@@ -45,6 +46,18 @@ CLIENT_METRICS = frozenset(m.name for m in METRICS if m.producer is Producer.CLI
 def client_side(metric: str) -> bool:
     """A metric of the client, not the server: client health, and an open loop's dispatch lag."""
     return metric in CLIENT_METRICS or metric_info(metric).base == "dispatch_lag"
+
+
+# what a late client distorts: the times it stamps, the rates over its window, and what is
+# derived from them; not what it counts (a failed request failed), nor the server's memory
+_TIMED = frozenset({UnitKind.TIME, UnitKind.TOKEN_RATE, UnitKind.REQUEST_RATE, UnitKind.FACTOR})
+
+
+def client_timed(metric: str) -> bool:
+    """A server objective the client guard holds back when the client fell behind."""
+    if client_side(metric):
+        return False
+    return metric_info(metric).kind in _TIMED or metric == "goodput_ratio"
 
 
 # why a server-process metric has no value (verdicts and reports say "not measurable: " first)
@@ -210,7 +223,7 @@ class ScenarioResult:
         behind = self.client_behind
         if behind is not None:
             verdicts = [
-                v if client_side(v.objective.metric) else guarded(v, behind, policy.inconclusive)
+                guarded(v, behind, policy.inconclusive) if client_timed(v.objective.metric) else v
                 for v in verdicts
             ]
         return replace(

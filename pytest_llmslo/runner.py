@@ -18,6 +18,7 @@ from pytest_llmslo.catalogue import BY_NAME, Producer
 from pytest_llmslo.client_health import ClientHealth
 from pytest_llmslo.config import LoadConfig, ServerConfig
 from pytest_llmslo.metrics import RequestObjective, Summary, summarize
+from pytest_llmslo.progress import LoadProgress
 from pytest_llmslo.records import Endpoint, Prompt, RequestRecord
 from pytest_llmslo.redact import scrub_file, server_secrets
 from pytest_llmslo.result import RoundTrace, ScenarioResult, Started
@@ -26,6 +27,7 @@ from pytest_llmslo.slo import metric_info
 from pytest_llmslo.spec import Scenario
 from pytest_llmslo.telemetry import Telemetry, TelemetryReport
 from pytest_llmslo.tokens import Tokenizer
+from pytest_llmslo.workers import run_load_any
 
 STEADY_SETTLE_S = 0.5
 NOT_OURS = "not applicable: external server, not started by this run"
@@ -95,11 +97,13 @@ def run_scenario(
     missing_tokens_hint: str = "",
     monitored: MonitoredServer | None = None,
     compared: Callable[[ScenarioResult], ScenarioResult] | None = None,
+    progress: LoadProgress | None = None,
 ) -> ScenarioResult:
     """Runs `load` with `prompts` against `endpoint` and judges `scenario.objectives`.
 
     `compared` (the session's baseline comparison) judges the relative objectives of every
-    pooled result, so that they too can ask for another round.
+    pooled result, so that they too can ask for another round. `progress` counts every round's
+    requests as they finish, for the live display (progress.py).
 
     The load runs `verdicts.rounds`' min rounds, then more while some objective is
     inconclusive, up to its max, on the same server; the rounds' records are pooled. Rounds
@@ -135,7 +139,7 @@ def run_scenario(
 
     try:
         for number in range(1, most + 1):
-            run = load_engine.run_load(
+            run = run_load_any(
                 endpoint,
                 prompts,
                 load if number == 1 else replace(load, warmup=0),
@@ -144,6 +148,7 @@ def run_scenario(
                 on_measured_start=(
                     telemetry.mark_measured_start if telemetry is not None and number == 1 else None
                 ),
+                progress=progress,
             )
             if number > 1:
                 run = replace(run, records=[replace(r, round=number) for r in run.records])

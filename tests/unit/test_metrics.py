@@ -187,3 +187,21 @@ def test_one_round_keeps_batch_means() -> None:
     assert s.rounds == 1 and s.round_values == {} and len(s.batches["output_throughput"]) == 10
     interval = s.interval("output_throughput", 0.95)
     assert interval is not None and interval.method == "batch means"
+
+
+def test_with_rounds_a_percentiles_interval_also_covers_the_rounds_spread() -> None:
+    # each round's requests agree closely, but the rounds do not: the host got busier. The
+    # order statistic alone, taking all 40 requests as independent, would be far too sure.
+    first = [dataclasses.replace(r, round=1) for r in _round(0.0, 10.0, 10, 20)]
+    second = [
+        dataclasses.replace(r, round=2, first_content_at=r.sent_at + 0.5)
+        for r in _round(20.0, 10.0, 10, 20)
+    ]
+    s = summarize(first + second, window=(0.0, 30.0), rounds=[(0.0, 10.0), (20.0, 30.0)])
+    assert [a.size for a in s.round_samples["ttft"]] == [20, 20]
+    interval = s.interval("ttft_p50", 0.95)
+    assert interval is not None and interval.method == "order statistic and t over rounds"
+    # rounds' medians 10 ms and 500 ms: t with one degree of freedom spans far beyond both
+    assert interval.low < 0.01 and interval.high > 0.5 + 2.0
+    single = summarize(first, window=(0.0, 10.0))
+    assert single.interval("ttft_p50", 0.95).method == "order statistic"  # type: ignore[union-attr]
