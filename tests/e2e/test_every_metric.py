@@ -21,7 +21,10 @@ FLOOR = {
     UnitKind.RATIO: ">= 0%",
     UnitKind.MEMORY: ">= 0 B",
     UnitKind.COUNT: ">= 0",
+    UnitKind.FACTOR: ">= 0x",
 }
+# the answer of a capacity search needs a search: tests/plugin/test_capacity.py runs one
+GATED = [m for m in METRICS if m.producer is not Producer.CAPACITY]
 
 
 def objective_name(metric_name: str, kind: MetricKind) -> str:
@@ -32,7 +35,7 @@ def test_every_declared_metric_is_measured_or_says_why_on_a_real_server(
     pytester: pytest.Pytester, tiny_model_dir: Path
 ) -> None:
     pytester.makefile(".txt", prompts="hello there\n你好\nwhat is a token?\n")
-    objectives = {objective_name(m.name, m.kind): FLOOR[m.unit] for m in METRICS}
+    objectives = {objective_name(m.name, m.kind): FLOOR[m.unit] for m in GATED}
     slo = ", ".join(f'{name}: "{text}"' for name, text in objectives.items())
     pytester.makefile(
         ".yaml",
@@ -54,7 +57,7 @@ scenarios:
         "--slo", "every.yaml", "--slo-report", str(report), timeout=600
     )
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == len(METRICS), outcomes
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == len(GATED), outcomes
 
     data = json.loads(report.with_name("results.json").read_text(encoding="utf-8"))
     (scenario,) = data["scenarios"]
