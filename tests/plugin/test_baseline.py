@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from tests.plugin.service import SERVICE
 
 pytest_plugins = ["pytester"]
 
-SPEC = """
-servers:
-  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
-datasets:
-  lines: {format: line_by_line, path: prompts.txt}
+SPEC = (
+    SERVICE
+    + """
 scenarios:
   chat:
     dataset: lines
@@ -30,6 +29,7 @@ scenarios:
       ttft_p95: "<= baseline + 25%"
       failure_rate: "<= 1%"
 """
+)
 
 
 @pytest.fixture(scope="module")

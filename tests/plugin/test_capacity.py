@@ -13,14 +13,13 @@ from collections.abc import Iterator
 import pytest
 
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from tests.plugin.service import SERVICE, point_at
 
 pytest_plugins = ["pytester"]
 
-SPEC = """
-servers:
-  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
-datasets:
-  lines: {format: line_by_line, path: prompts.txt}
+SPEC = (
+    SERVICE
+    + """
 scenarios:
   knee:
     dataset: lines
@@ -30,6 +29,7 @@ scenarios:
       ttft_p50: "<= 275 ms"
       max_parallel: ">= 5"
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,7 @@ def slowing() -> Iterator[TimingServerProcess]:
 def test_a_capacity_search_finds_the_known_knee_and_reports_every_step(
     pytester: pytest.Pytester, slowing: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("INSTRUMENT_URL", slowing.base_url)
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    point_at(monkeypatch, slowing)
     pytester.makefile(".txt", prompts="hello\nwhat is a token?\n")
     spec = pytester.makefile(".yaml", knee=SPEC)
     result = pytester.runpytest("--slo", str(spec), "-v")

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from tests.plugin.service import SERVICE, point_at
 
 pytest_plugins = ["pytester"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SPEC = """
-servers:
-  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
-datasets:
-  lines: {format: line_by_line, path: prompts.txt}
+SPEC = (
+    SERVICE
+    + """
 scenarios:
   knee:
     dataset: lines
@@ -33,6 +32,7 @@ scenarios:
     slo:
       ttft_p50: "<= 1 s"
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def slowing() -> Iterator[TimingServerProcess]:
 def run_spec(
     pytester: pytest.Pytester, server: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    monkeypatch.setenv("INSTRUMENT_URL", server.base_url)
+    point_at(monkeypatch, server)
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "summary.md"))
     pytester.makefile(".txt", prompts="hello\nwhat is a token?\n")
     spec = pytester.makefile(".yaml", plots=SPEC)

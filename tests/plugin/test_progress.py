@@ -8,14 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from tests.plugin.service import SERVICE, point_at
 
 pytest_plugins = ["pytester"]
 
-SPEC = """
-servers:
-  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
-datasets:
-  lines: {format: line_by_line, path: prompts.txt}
+SPEC = (
+    SERVICE
+    + """
 scenarios:
   short:
     dataset: lines
@@ -26,6 +25,7 @@ scenarios:
     load: {parallel: 2, requests: 6, max_tokens: 8, warmup: 1}
     slo: {failures: "<= 0"}
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,7 @@ def instrument() -> Iterator[TimingServerProcess]:
 def spec(
     pytester: pytest.Pytester, instrument: TimingServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> str:
-    monkeypatch.setenv("INSTRUMENT_URL", instrument.base_url)
-    for name in ("LLMSLO_PROGRESS", "GITHUB_STEP_SUMMARY"):
-        monkeypatch.delenv(name, raising=False)
+    point_at(monkeypatch, instrument)
     pytester.makefile(".txt", prompts="hello there\nwhat is a token?\n")
     path = pytester.path / "svc.yaml"
     path.write_text(SPEC, encoding="utf-8")

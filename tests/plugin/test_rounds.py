@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from tests.plugin.service import SERVICE, point_at
 
 pytest_plugins = ["pytester"]
 
-SPEC = """
-servers:
-  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
-datasets:
-  lines: {format: line_by_line, path: prompts.txt}
+SPEC = (
+    SERVICE
+    + """
 scenarios:
   chat:
     dataset: lines
@@ -32,6 +31,7 @@ scenarios:
       ttft_p90: "<= 2 s"
       failures: "<= 0"
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,7 @@ def instrument() -> Iterator[TimingServerProcess]:
 
 @pytest.fixture
 def env(instrument: TimingServerProcess, monkeypatch: pytest.MonkeyPatch) -> TimingServerProcess:
-    monkeypatch.setenv("INSTRUMENT_URL", instrument.base_url)
-    for name in ("LLMSLO_INCONCLUSIVE", "LLMSLO_CONFIDENCE", "GITHUB_STEP_SUMMARY"):
-        monkeypatch.delenv(name, raising=False)
-    return instrument
+    return point_at(monkeypatch, instrument)
 
 
 def run(pytester: pytest.Pytester, verdicts: str, *args: str) -> tuple[Any, dict[str, Any]]:

@@ -10,14 +10,13 @@ from typing import Any
 import pytest
 
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from tests.plugin.service import SERVICE, point_at
 
 pytest_plugins = ["pytester"]
 
-SPEC = """
-servers:
-  svc: {backend: external, base_url: "${INSTRUMENT_URL}", model: timing}
-datasets:
-  lines: {format: line_by_line, path: prompts.txt}
+SPEC = (
+    SERVICE
+    + """
 scenarios:
   burst:
     dataset: lines
@@ -26,6 +25,7 @@ scenarios:
     slo:
       ttft_growth: "<= 1.5x"
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,7 @@ def run(pytester: pytest.Pytester, instrument: TimingServerProcess, load: str) -
 
 @pytest.fixture
 def env(instrument: TimingServerProcess, monkeypatch: pytest.MonkeyPatch) -> TimingServerProcess:
-    monkeypatch.setenv("INSTRUMENT_URL", instrument.base_url)
-    for name in ("LLMSLO_INCONCLUSIVE", "GITHUB_STEP_SUMMARY"):
-        monkeypatch.delenv(name, raising=False)
-    return instrument
+    return point_at(monkeypatch, instrument)
 
 
 def test_an_open_loop_past_the_knee_is_reported_saturated(
