@@ -496,8 +496,9 @@ METRICS: tuple[Metric, ...] = (
         "client_cpu",
         _S,
         UnitKind.RATIO,
-        "CPU time of the client process (every thread, telemetry sampling included) per second "
-        "of the measured load; 100% is one core, all the event loop can use",
+        "CPU time of the client process (every thread; telemetry samples from a process of its "
+        "own, not counted) per second of the measured load; 100% is one core, all the event "
+        "loop can use",
         Producer.CLIENT,
         group=_CLIENT,
     ),

@@ -245,8 +245,10 @@ class ServerFactory:
     """Starts servers by settings and reuses one already started with the same settings; each
     is watched by telemetry from before its start, for `run_workload(..., servers=factory)`."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, telemetry_process: bool | None = None) -> None:
         self.log_dir = log_dir
+        # None: runner.TELEMETRY_PROCESS (in this process, unless a script says otherwise)
+        self.telemetry_process = telemetry_process
         self._servers: dict[str, MonitoredServer] = {}
 
     def __call__(self, backend: str = "vllm", model: str = "", **settings: Any) -> Endpoint:
@@ -261,7 +263,9 @@ class ServerFactory:
             config = resolve_model(
                 ServerConfig(name=name, backend=backend, model=model, **settings)  # type: ignore[arg-type]
             )
-            monitored = MonitoredServer(config, self.log_dir)
+            monitored = MonitoredServer(
+                config, self.log_dir, telemetry_process=self.telemetry_process
+            )
             self._servers[key] = monitored
             monitored.start()
         endpoint = monitored.endpoint

@@ -26,21 +26,37 @@ from pytest_llmslo.servers import ExternalServer, Server, make_server
 from pytest_llmslo.slo import metric_info
 from pytest_llmslo.spec import Scenario
 from pytest_llmslo.telemetry import Telemetry, TelemetryReport
+from pytest_llmslo.telemetry.process import ServerTelemetry, TelemetryProcess
 from pytest_llmslo.tokens import Tokenizer
 from pytest_llmslo.workers import run_load_any
 
 STEADY_SETTLE_S = 0.5
 NOT_OURS = "not applicable: external server, not started by this run"
+# Whether telemetry samples from a process of its own (telemetry/process.py) rather than from
+# threads beside the event loop that stamps requests. Under pytest (the plugin's session and
+# fixtures ask for it) it does. Elsewhere the default keeps it in this process: a spawned child
+# imports the `__main__` script again, and a script without an `if __name__ == "__main__":`
+# guard would run its top level (start servers, send load) a second time; an embedded
+# interpreter or a sandbox may not spawn at all. A guarded script may set this to True.
+TELEMETRY_PROCESS = False
 
 
 class MonitoredServer:
-    """A server and the telemetry that watches it, from before its start until its stop."""
+    """A server and the telemetry that watches it, from before its start until its stop.
 
-    def __init__(self, config: ServerConfig, log_dir: Path) -> None:
+    `telemetry_process` (default: `TELEMETRY_PROCESS`) says whether telemetry samples from a
+    process of its own.
+    """
+
+    def __init__(
+        self, config: ServerConfig, log_dir: Path, *, telemetry_process: bool | None = None
+    ) -> None:
         self.config = config
         self.server: Server = make_server(config, log_dir=log_dir)
         self.external = isinstance(self.server, ExternalServer)
-        self.telemetry = Telemetry(
+        own = TELEMETRY_PROCESS if telemetry_process is None else telemetry_process
+        kind = TelemetryProcess if own else Telemetry
+        self.telemetry: ServerTelemetry = kind(
             self.server.pids, metrics_url=None, not_ours=NOT_OURS if self.external else None
         )
         self.endpoint: Endpoint | None = None

@@ -14,6 +14,7 @@ import pytest
 from pytest_llmslo.records import Endpoint
 from pytest_llmslo.servers import Server
 from pytest_llmslo.telemetry import Telemetry, TelemetryReport, tree_rss
+from pytest_llmslo.telemetry.process import TelemetryProcess
 
 REQUESTS = 6
 MAX_TOKENS = 32
@@ -41,9 +42,13 @@ def stream_chat(endpoint: Endpoint, index: int) -> dict[str, int]:
     return usage
 
 
-def measure(endpoint: Endpoint, pids: Callable[[], list[int]]) -> tuple[TelemetryReport, int, int]:
+def measure(
+    endpoint: Endpoint,
+    pids: Callable[[], list[int]],
+    kind: type[Telemetry] | type[TelemetryProcess],
+) -> tuple[TelemetryReport, int, int]:
     """Load the server under telemetry; returns the report and the usage totals it answered."""
-    telemetry = Telemetry(pids, metrics_url=f"{endpoint.base_url}/metrics", interval_s=0.1)
+    telemetry = kind(pids, metrics_url=f"{endpoint.base_url}/metrics", interval_s=0.1)
     telemetry.start()
     try:
         telemetry.mark_load_start()
@@ -64,11 +69,14 @@ def measure(endpoint: Endpoint, pids: Callable[[], list[int]]) -> tuple[Telemetr
 
 
 @pytest.mark.e2e
-def test_metrics_and_memory_of_a_real_vllm_server(vllm_server: Server) -> None:
+@pytest.mark.parametrize("kind", [Telemetry, TelemetryProcess], ids=["in-process", "own-process"])
+def test_metrics_and_memory_of_a_real_vllm_server(
+    vllm_server: Server, kind: type[Telemetry] | type[TelemetryProcess]
+) -> None:
     endpoint = vllm_server.endpoint
     assert endpoint is not None
     assert endpoint.has_metrics
-    report, prompt_tokens, generated_tokens = measure(endpoint, vllm_server.pids)
+    report, prompt_tokens, generated_tokens = measure(endpoint, vllm_server.pids, kind)
 
     metrics = report.server_metrics
     assert metrics is not None, report.server_metrics_reason
