@@ -352,8 +352,25 @@ def _outcome_handles(ax: Axes, steps: Sequence[Step]) -> list[Artist]:
 def _level_axis(ax: Axes, levels: Sequence[float], vary: str) -> None:
     """Ticks at the loads that ran; a doubling probe spread over a factor of 8 or more reads
     best on a log axis."""
-    if levels and min(levels) > 0 and max(levels) / min(levels) >= 8:
+    log = bool(levels) and min(levels) > 0 and max(levels) / min(levels) >= 8
+    if log:
         ax.set_xscale("log", base=2)
         ax.set_xticks([], minor=True)
-    shown = sorted(set(levels))
+    shown = _spaced(sorted(set(levels)), log)
     ax.set_xticks(shown, [f"{v:.0f}" if vary == "parallel" else f"{v:g}" for v in shown])
+
+
+def _spaced(levels: Sequence[float], log: bool, gap: float = 0.04) -> list[float]:
+    """The levels to label: bisection packs its steps close together, and labels closer than
+    `gap` of the axis would print over each other (the step numbers still mark every point)."""
+    if len(levels) < 3:
+        return list(levels)
+    where = [math.log2(v) for v in levels] if log else list(levels)
+    span = (where[-1] - where[0]) or 1.0
+    kept = [0]
+    for i in range(1, len(levels)):
+        if (where[i] - where[kept[-1]]) / span >= gap:
+            kept.append(i)
+    if kept[-1] != len(levels) - 1:  # the highest load keeps its label
+        kept[-1] = len(levels) - 1
+    return [levels[i] for i in kept]

@@ -279,3 +279,13 @@ def test_plots_that_cannot_be_planned_cost_the_report_nothing(
     markdown = report.read_text()
     assert "- note: no plots: ValueError: bad result" in markdown
     assert "### chat[svc] — PASS" in markdown
+
+
+def test_bisection_steps_packed_together_do_not_print_labels_over_each_other() -> None:
+    from pytest_llmslo.report_plots import _spaced
+
+    # the H200 search: probes doubling to 256, then bisection between 128 and 256
+    levels = [8.0, 16, 32, 64, 128, 160, 168, 176, 192, 256]
+    assert _spaced(levels, log=True) == [8, 16, 32, 64, 128, 160, 192, 256]
+    assert _spaced([1.0, 2, 3, 4, 5, 6, 7, 8], log=False) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert _spaced([4.0, 4.01, 4.02], log=False)[-1] == 4.02  # the highest keeps its label
