@@ -247,7 +247,7 @@ class ServerFactory:
 
     def __init__(self, log_dir: Path, *, telemetry_process: bool | None = None) -> None:
         self.log_dir = log_dir
-        # None: runner.TELEMETRY_PROCESS (in this process, unless a script says otherwise)
+        # None: runner.TELEMETRY_PROCESS (a process of its own)
         self.telemetry_process = telemetry_process
         self._servers: dict[str, MonitoredServer] = {}
 

@@ -517,7 +517,7 @@ def llmslo_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     watches each from before its start, so `llmslo_run` measures its memory objectives."""
     from pytest_llmslo.handtests import ServerFactory
 
-    factory = ServerFactory(tmp_path_factory.mktemp("llmslo-servers"), telemetry_process=True)
+    factory = ServerFactory(tmp_path_factory.mktemp("llmslo-servers"))
     try:
         yield factory
     finally:

@@ -32,13 +32,11 @@ from pytest_llmslo.workers import run_load_any
 
 STEADY_SETTLE_S = 0.5
 NOT_OURS = "not applicable: external server, not started by this run"
-# Whether telemetry samples from a process of its own (telemetry/process.py) rather than from
-# threads beside the event loop that stamps requests. Under pytest (the plugin's session and
-# fixtures ask for it) it does. Elsewhere the default keeps it in this process: a spawned child
-# imports the `__main__` script again, and a script without an `if __name__ == "__main__":`
-# guard would run its top level (start servers, send load) a second time; an embedded
-# interpreter or a sandbox may not spawn at all. A guarded script may set this to True.
-TELEMETRY_PROCESS = False
+# Telemetry samples from a process of its own (telemetry/process.py: a fresh interpreter), not
+# from threads beside the event loop that stamps requests. False keeps it in this process, for
+# where no child Python can be started (an embedded interpreter whose sys.executable is not
+# Python, a sandbox that forbids new processes); a start that fails is reported either way.
+TELEMETRY_PROCESS = True
 
 
 class MonitoredServer:

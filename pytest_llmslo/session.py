@@ -144,8 +144,7 @@ class SloSession:
         state = self._servers.get(key)
         if state is not None:
             return state
-        # under pytest the main module is pytest's: a spawned telemetry process is safe
-        state = _ServerState(MonitoredServer(cfg, self.log_dir, telemetry_process=True))
+        state = _ServerState(MonitoredServer(cfg, self.log_dir))
         self._servers[key] = state
         server = state.monitored.server
         self.progress.server_starting(cfg.name, lambda: getattr(server, "log_path", None))

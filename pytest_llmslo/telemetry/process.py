@@ -1,16 +1,18 @@
 """Telemetry in a process of its own: the sampler's threads away from the loop that stamps requests.
 
 ``TelemetryProcess`` is what ``runner.MonitoredServer`` drives: the same calls as ``Telemetry``
-(sampler.py), served by a real ``Telemetry`` in a spawned child process. On a busy 2-core machine
-the sampler's reads (every process's /proc files, NVML, a 70 KB /metrics page parsed) compete
-with the client's event loop for the GIL; in a process of its own they compete for a core only.
+(sampler.py), served by a real ``Telemetry`` in a child process (a fresh interpreter,
+``python -m pytest_llmslo.telemetry.child``). On a busy 2-core machine the sampler's reads (every
+process's /proc files, NVML, a 70 KB /metrics page parsed) compete with the client's event loop
+for the GIL; in a process of its own they compete for a core only.
 
-The parent and the child talk over one ``Pipe``: a ``_Call`` names a ``Telemetry`` method, the
-child answers it with a ``_Reply`` whose value is one of analysis.py's picklable dataclasses
-(``LoadWindow``, ``TelemetryReport``). The server's process tree is known to the parent only
-(``Server.pids`` reads its ``Popen``): a parent thread sends it as a ``_Pids`` message about once
-a second, or every tick until the server has launched. Times stay ``time.monotonic()``, one clock
-for every process on the host, so windows and records compare as before.
+The parent and the child talk over one socket pair (a ``multiprocessing`` ``Connection``): a
+``_Call`` names a ``Telemetry`` method, the child answers it with a ``_Reply`` whose value is one
+of analysis.py's picklable dataclasses (``LoadWindow``, ``TelemetryReport``). The server's
+process tree is known to the parent only (``Server.pids`` reads its ``Popen``): a parent thread
+sends it as a ``_Pids`` message about once a second, or every tick until the server has
+launched. Times stay ``time.monotonic()``, one clock for every process on the host, so windows
+and records compare as before.
 
 A child that dies or stops answering never fails the run: every later call returns what is known
 (the windows marked so far; reports whose figures are not measurable) with the reason
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import multiprocessing as mp
 import pickle
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -312,19 +316,26 @@ class TelemetryProcess:
     # -- the pipe ----------------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        # spawn, not fork: this process runs threads (the load engine's, pytest's), whose locks
-        # a forked child would inherit held
-        context = mp.get_context("spawn")
-        parent, child = context.Pipe(duplex=True)
-        process = context.Process(
-            target=serve,
-            args=(child, self._options),
-            name="llmslo-telemetry",
-            daemon=True,  # multiprocessing kills it if this process exits first
-        )
-        process.start()
-        child.close()  # the child's end lives in the child only: its exit reads as EOF here
-        self._process, self._conn = process, parent
+        # A fresh interpreter, not a fork (this process runs threads whose locks a forked child
+        # would inherit held) and not multiprocessing's spawn: that imports the `__main__`
+        # script again in the child (running an unguarded script's top level twice) and starts
+        # a resource-tracker process that outlives a signalled run by a moment. One socket pair
+        # carries the calls; when this process exits, the child reads EOF and stops.
+        ours, theirs = socket.socketpair()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "pytest_llmslo.telemetry.child", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the child's end lives in the child only: its exit reads as EOF
+        conn = Connection(ours.detach())
+        conn.send(self._options)
+        self._process, self._conn = _Child(popen), conn
 
     def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """The child's answer to one call; raises ``_Exited`` when it cannot answer."""
@@ -445,6 +456,32 @@ class TelemetryProcess:
             metrics_url=self._metrics_url,
             metrics_reason=self._exited or self._metrics_reason,
         )
+
+
+class _Child:
+    """The child process as the parent waits for it, stops it and reads its status."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()  # negative: the signal that ended it
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self._popen.kill()  # by its PID, which Popen holds
 
 
 # --- the child --------------------------------------------------------------------------------

@@ -277,13 +277,10 @@ def test_a_monitored_server_samples_from_its_own_process_when_asked(
 ) -> None:
     config = ServerConfig(name="svc", backend="external", base_url="http://127.0.0.1:9")
 
-    # outside pytest the default stays in this process (a script's main module is not
-    # imported again); the plugin's session and fixtures ask for the process
+    assert isinstance(MonitoredServer(config, tmp_path).telemetry, TelemetryProcess)
+    in_process = MonitoredServer(config, tmp_path, telemetry_process=False)
+    assert isinstance(in_process.telemetry, Telemetry)
+    monkeypatch.setattr(runner, "TELEMETRY_PROCESS", False)
     assert isinstance(MonitoredServer(config, tmp_path).telemetry, Telemetry)
     own = MonitoredServer(config, tmp_path, telemetry_process=True)
     assert isinstance(own.telemetry, TelemetryProcess)
-    monkeypatch.setattr(runner, "TELEMETRY_PROCESS", True)
-    assert isinstance(MonitoredServer(config, tmp_path).telemetry, TelemetryProcess)
-    assert isinstance(
-        MonitoredServer(config, tmp_path, telemetry_process=False).telemetry, Telemetry
-    )
