@@ -308,7 +308,8 @@ class SloSession:
         the baseline (or skipped, or failed for want of one)."""
         if result.skipped is not None or result.endpoint is None:
             return result
-        result = replace(result, fingerprint=run_fingerprint(result))
+        if result.fingerprint is None:  # each round's pooled result comes here: taken once
+            result = replace(result, fingerprint=run_fingerprint(result))
         if not any(o.relative for o in result.scenario.objectives):
             return result
         comparison = compare(

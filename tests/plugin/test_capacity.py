@@ -8,11 +8,10 @@ TTFT of at most 275 ms holds up to 5 users and not at 6.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from pytest_llmslo.testing.timing_server import TimingServerProcess
 from tests.plugin.service import SERVICE, point_at
 
 pytest_plugins = ["pytester"]
@@ -30,12 +29,6 @@ scenarios:
       max_parallel: ">= 5"
 """
 )
-
-
-@pytest.fixture(scope="module")
-def slowing() -> Iterator[TimingServerProcess]:
-    with serve_timing_server(ttft_ms=50, gap_ms=5, tokens=4, ttft_per_stream_ms=50) as server:
-        yield server
 
 
 def test_a_capacity_search_finds_the_known_knee_and_reports_every_step(

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
+from pytest_llmslo.testing.timing_server import TimingServerProcess
 from tests.plugin.service import SERVICE, point_at
 
 pytest_plugins = ["pytester"]
@@ -33,12 +32,6 @@ scenarios:
       ttft_p50: "<= 1 s"
 """
 )
-
-
-@pytest.fixture(scope="module")
-def slowing() -> Iterator[TimingServerProcess]:
-    with serve_timing_server(ttft_ms=50, gap_ms=5, tokens=4, ttft_per_stream_ms=50) as server:
-        yield server
 
 
 def run_spec(

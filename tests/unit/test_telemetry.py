@@ -595,15 +595,6 @@ class MetricsServer:
         self.httpd.server_close()
 
 
-@pytest.fixture
-def metrics_server() -> Iterator[MetricsServer]:
-    server = MetricsServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_metrics_are_scraped_during_load_windows(metrics_server: MetricsServer) -> None:
     telemetry = Telemetry(
         lambda: [os.getpid()],

@@ -46,15 +46,6 @@ def server() -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
-@pytest.fixture
-def metrics_server() -> Iterator[MetricsServer]:
-    server = MetricsServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def both(pids: Callable[[], list[int]]) -> tuple[Telemetry, TelemetryProcess]:
     """The same telemetry in process and in a process of its own."""
     return (
