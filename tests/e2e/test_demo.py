@@ -43,12 +43,20 @@ def test_demo_spec_passes_on_both_backends(pytester: pytest.Pytester) -> None:
     data = json.loads(report.with_name("results.json").read_text(encoding="utf-8"))
     pids = [s["endpoint"]["pid"] for s in data["scenarios"]]
     assert all(pids) and all(_gone(pid) for pid in pids)
-    rows = report.with_name("requests.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = report.with_name("requests.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
     (search,) = [s["capacity"] for s in data["scenarios"] if s["capacity"] is not None]
     assert search["answer"] >= 2 and search["steps"][0]["level"] == 1
-    # 40 measured + 2 warmup in each plain scenario; up to 16 + 2 in each step of the search
-    steps = len(search["steps"])
-    assert 3 * 42 < len(rows) <= 3 * 42 + steps * 18
+    # 40 measured + 2 warmup in each plain scenario
+    plain = [r for r in rows if "capacity_step" not in r]
+    assert len(plain) == 3 * 42 and sum(r["warmup"] for r in plain) == 3 * 2
+    # every step of the search keeps its own requests: the measured ones its summary counts
+    # (rounds pooled: a step left inconclusive reruns) and the 2 warmup of its first round
+    for step in search["steps"]:
+        mine = [r for r in rows if r.get("capacity_step") == step["step"]]
+        measured = [r for r in mine if not r["warmup"]]
+        assert len(measured) == step["requests"] and len(mine) - len(measured) == 2
+        assert {r["round"] for r in measured} <= {1, 2, 3}
 
 
 def test_server_dying_mid_run_is_reported_with_its_log(
