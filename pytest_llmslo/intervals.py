@@ -165,21 +165,30 @@ def normal_quantile(p: float) -> float:
 # --- intervals -----------------------------------------------------------------------------
 
 
-def quantile_interval(samples: Sequence[float], q: float, confidence: float) -> Interval:
-    """Distribution-free interval for the q-quantile (0 < q < 1) from order statistics.
+# above this many samples the binomial ranks come from the normal approximation, one rank wider
+# on each side (conservative): the exact sums cost O(n) and add nothing at this size, unless the
+# quantile is so far out that fewer than NORMAL_MIN_VARIANCE samples' worth spread it (skewed)
+EXACT_RANKS_UP_TO = 20_000
+NORMAL_MIN_VARIANCE = 100.0
 
-    With B ~ Binomial(n, q) the number of samples below the true quantile, the interval
-    [x_(l), x_(u)] (1-based order statistics) covers it with probability
-    P(l <= B < u) >= confidence; a side whose rank falls outside 1..n is unbounded.
+
+def quantile_ranks(n: int, q: float, confidence: float) -> tuple[int, int]:
+    """The 1-based order-statistic ranks (l, u) whose values bound the q-quantile of n samples.
+
+    With B ~ Binomial(n, q) the number of samples below the true quantile, [x_(l), x_(u)]
+    covers it with probability P(l <= B < u) >= confidence. l = 0 or u = n + 1: that side is
+    unbounded.
     """
     check_confidence(confidence)
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must be in (0, 1), got {q}")
-    xs = sorted(x for x in samples if not math.isnan(x))
-    n = len(xs)
-    if n == 0:
-        return Interval(-INF, INF, confidence, "order statistic", 0)
     alpha = 1.0 - confidence
+    if n > EXACT_RANKS_UP_TO and n * q * (1.0 - q) >= NORMAL_MIN_VARIANCE:
+        z = normal_quantile(1.0 - alpha / 2.0)
+        spread = z * math.sqrt(n * q * (1.0 - q))
+        low = math.floor(n * q - spread)
+        high = math.ceil(n * q + spread) + 2
+        return max(low, 0), min(high, n + 1)
     cdf = binomial_cdf(n, q)
     # lower: the largest l with P(B <= l - 1) <= alpha / 2
     l_rank = 0
@@ -194,6 +203,20 @@ def quantile_interval(samples: Sequence[float], q: float, confidence: float) -> 
         if cdf[k] >= 1.0 - alpha / 2.0:
             u_rank = k + 1
             break
+    return l_rank, u_rank
+
+
+def quantile_interval(samples: Sequence[float], q: float, confidence: float) -> Interval:
+    """Distribution-free interval for the q-quantile (0 < q < 1) from order statistics
+    (`quantile_ranks`); a side whose rank falls outside 1..n is unbounded."""
+    check_confidence(confidence)
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    xs = sorted(x for x in samples if not math.isnan(x))
+    n = len(xs)
+    if n == 0:
+        return Interval(-INF, INF, confidence, "order statistic", 0)
+    l_rank, u_rank = quantile_ranks(n, q, confidence)
     low = xs[l_rank - 1] if l_rank >= 1 else -INF
     high = xs[u_rank - 1] if u_rank <= n else INF
     return Interval(low, high, confidence, "order statistic", n)
@@ -201,14 +224,23 @@ def quantile_interval(samples: Sequence[float], q: float, confidence: float) -> 
 
 def mean_interval(samples: Sequence[float], confidence: float, method: str = "t") -> Interval:
     """Student's t interval for the mean; one value alone bounds nothing."""
-    check_confidence(confidence)
     xs = [x for x in samples if not math.isnan(x)]
     n = len(xs)
     if n < 2:
-        return Interval(-INF, INF, confidence, method, n)
+        return mean_interval_of(n, math.nan, math.nan, confidence, method)
     mean = sum(xs) / n
     var = sum((x - mean) ** 2 for x in xs) / (n - 1)
-    half = t_quantile(1.0 - (1.0 - confidence) / 2.0, n - 1) * math.sqrt(var / n)
+    return mean_interval_of(n, mean, var, confidence, method)
+
+
+def mean_interval_of(
+    n: int, mean: float, variance: float, confidence: float, method: str = "t"
+) -> Interval:
+    """Student's t interval from a sample's size, mean and (n - 1) variance."""
+    check_confidence(confidence)
+    if n < 2:
+        return Interval(-INF, INF, confidence, method, n)
+    half = t_quantile(1.0 - (1.0 - confidence) / 2.0, n - 1) * math.sqrt(variance / n)
     return Interval(mean - half, mean + half, confidence, method, n)
 
 

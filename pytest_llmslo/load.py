@@ -42,6 +42,8 @@ from pytest_llmslo.records import Endpoint, ErrorCategory, Prompt, RequestRecord
 CountTokens = Callable[[str], int]
 ShouldStop = Callable[[], "str | None"]
 
+# what a run stores of each finished record (load.run_load's `keep`)
+Keep = Callable[[RequestRecord], RequestRecord]
 _STOP_POLL_S = 0.05
 _PREWARM_CAP = 256  # open loop without a cap: connections opened ahead of the first send
 
@@ -74,13 +76,17 @@ def run_load(
     should_stop: ShouldStop | None = None,
     on_measured_start: Callable[[], None] | None = None,
     progress: LoadProgress | None = None,
+    keep: Keep | None = None,
 ) -> LoadResult:
     """Run one load test to completion (or interruption) and return every record.
 
     ``on_measured_start`` is called once the warmup requests have all ended, just before the
     first measured one is sent (nothing is in flight then, so it may block briefly): telemetry
     uses it to leave warmup out of the server's /metrics counters. ``progress`` is counted up
-    as requests finish, for a display in another thread to read (progress.py).
+    as requests finish, for a display in another thread to read (progress.py). ``keep`` is
+    called once for every finished record as it completes, in the thread that receives it; the
+    run stores what it returns (the slim form, once the full record is written out: a long run
+    then holds no chunk times, record_log.py).
     """
     return asyncio.run(
         run_load_async(
@@ -91,6 +97,7 @@ def run_load(
             should_stop=should_stop,
             on_measured_start=on_measured_start,
             progress=progress,
+            keep=keep,
         )
     )
 
@@ -104,12 +111,14 @@ async def run_load_async(
     should_stop: ShouldStop | None = None,
     on_measured_start: Callable[[], None] | None = None,
     progress: LoadProgress | None = None,
+    keep: Keep | None = None,
 ) -> LoadResult:
     """Same as :func:`run_load`, inside a running event loop."""
     check_load(config, prompts)
     run = _Run(endpoint, prompts, config, count_tokens, should_stop)
     run.on_measured_start = on_measured_start
     run.progress = progress
+    run.keep = keep
     return await run.execute()
 
 
@@ -263,6 +272,7 @@ class _Run:
         self._budget = failure_budget(config)
         self.on_measured_start: Callable[[], None] | None = None
         self.progress: LoadProgress | None = None
+        self.keep: Keep | None = None
 
     # -- orchestration ---------------------------------------------------------------------
 
@@ -512,9 +522,9 @@ class _Run:
         A hung server that still accepts connections makes every request wait its whole read
         timeout: without this, 100 requests from 10 users would take 10 x 300 s.
         """
-        self.records.append(record)
         if self.progress is not None:
             self.progress.count(record)
+        self.records.append(self.keep(record) if self.keep is not None else record)
         if self.stopped.is_set():
             return  # requests cancelled by the stop say so themselves
         config = self.config
@@ -576,6 +586,16 @@ class _Run:
     def _count_missing_tokens(self, records: list[RequestRecord]) -> list[RequestRecord]:
         # counting runs after the measured window, so a slow tokenizer cannot skew the timing
         return count_missing_tokens(records, self.prompts, self.count_tokens)
+
+
+def needs_counting(record: RequestRecord) -> bool:
+    """Whether count_missing_tokens, given a tokenizer, would count something for `record`."""
+    if record.input_tokens is None:
+        return True
+    if not record.ok:
+        return False
+    reasoning = bool(record.extra.get("reasoning_text"))
+    return record.output_tokens is None or (record.reasoning_tokens is None and reasoning)
 
 
 def count_missing_tokens(

@@ -20,6 +20,7 @@ import numpy as np
 
 from pytest_llmslo import saturation
 from pytest_llmslo.catalogue import BY_NAME, IntervalMethod, MetricKind, Producer, names
+from pytest_llmslo.gap_histogram import GapHistogram
 from pytest_llmslo.intervals import (
     Interval,
     batch_means_interval,
@@ -32,6 +33,8 @@ from pytest_llmslo.intervals import (
 from pytest_llmslo.records import RequestRecord
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
+# a distribution's values: every one of them, or (ITL of a streamed run) their histogram
+Sample = np.ndarray | GapHistogram
 # equal time slices of the measured window whose rates give a window value's batch-means interval
 BATCHES = 10
 NAN = float("nan")
@@ -68,7 +71,21 @@ class Distribution:
             percentiles={float(p): float(v) for p, v in zip(percentiles, pct, strict=True)},
         )
 
-    def stat(self, name: str, sample: np.ndarray | None = None) -> float:
+    @classmethod
+    def of_histogram(cls, histogram: GapHistogram, percentiles: Sequence[float]) -> Distribution:
+        """The same statistics from a histogram (gap_histogram.py: percentiles to 0.05%)."""
+        if histogram.n == 0:
+            return cls.of((), percentiles)
+        return cls(
+            count=histogram.n,
+            mean=histogram.mean,
+            std=histogram.std,
+            min=histogram.low,
+            max=histogram.high,
+            percentiles={float(p): histogram.percentile(float(p)) for p in percentiles},
+        )
+
+    def stat(self, name: str, sample: Sample | None = None) -> float:
         """`mean`, `std`, `min`, `max`, `median` or `pNN`.
 
         A percentile that was not precomputed is computed from `sample`.
@@ -81,6 +98,8 @@ class Distribution:
         q = 50.0 if name == "median" else float(m.group(2))
         if q in self.percentiles:
             return self.percentiles[q]
+        if isinstance(sample, GapHistogram):
+            return sample.percentile(q)
         if sample is None or sample.size == 0:
             return NAN
         return float(np.percentile(sample, q))
@@ -138,6 +157,17 @@ class Summary:
     round_values: dict[str, tuple[float, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    # a distribution held as a histogram instead of in `samples` (ITL of a run whose records
+    # were written out as they finished), and, when rounds > 1, each round's own
+    histograms: dict[str, GapHistogram] = field(default_factory=dict, repr=False, compare=False)
+    round_histograms: dict[str, tuple[GapHistogram, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def sample_of(self, name: str) -> Sample | None:
+        """Every value of distribution `name`, or its histogram; None when neither is kept."""
+        sample = self.samples.get(name)
+        return sample if sample is not None else self.histograms.get(name)
 
     def interval(self, metric: str, confidence: float) -> Interval | None:
         """The confidence interval of `metric` by the method the catalogue names for it; None
@@ -160,17 +190,32 @@ class Summary:
                 return saturation.growth_interval(*self.ttft_thirds, confidence)
             return exact(value, n or 1)
         base, _, stat = metric.rpartition("_")
-        sample = self.samples.get(base)
-        if sample is None or sample.size == 0:
+        sample = self.sample_of(base)
+        size = (
+            sample.n
+            if isinstance(sample, GapHistogram)
+            else sample.size
+            if sample is not None
+            else 0
+        )
+        if sample is None or size == 0:
             return None
         if stat == "mean":
-            within = mean_interval(sample.tolist(), confidence)
+            within = (
+                sample.mean_interval(confidence)
+                if isinstance(sample, GapHistogram)
+                else mean_interval(sample.tolist(), confidence)
+            )
         else:
             m = _STAT.match(stat)
             q = 50.0 if stat == "median" else float(m.group(2)) if m and m.group(2) else None
             if q is None or q >= 100.0:  # min, max, std (and p100 = max): as measured
-                return exact(value, int(sample.size))
-            within = quantile_interval(sample.tolist(), q / 100.0, confidence)
+                return exact(value, size)
+            within = (
+                sample.quantile_interval(q / 100.0, confidence)
+                if isinstance(sample, GapHistogram)
+                else quantile_interval(sample.tolist(), q / 100.0, confidence)
+            )
         return self._with_rounds(base, stat, within, confidence)
 
     def _with_rounds(self, base: str, stat: str, within: Interval, confidence: float) -> Interval:
@@ -178,8 +223,14 @@ class Summary:
         statistic moved from round to round: requests of one round share its conditions (a
         busy host, a warm cache), and on a shared machine that spread can exceed what the
         requests' own scatter suggests. Student's t over the rounds' values; the union of both."""
-        per_round = self.round_samples.get(base, ())
-        values = [Distribution.of(s, ()).stat(stat, s) for s in per_round if s.size]
+        values = [
+            Distribution.of(s, ()).stat(stat, s) for s in self.round_samples.get(base, ()) if s.size
+        ]
+        values += [
+            Distribution.of_histogram(h, ()).stat(stat, h)
+            for h in self.round_histograms.get(base, ())
+            if h.n
+        ]
         if len(values) < 2:
             return within
         between = rounds_interval(values, confidence)
@@ -201,7 +252,7 @@ class Summary:
             if base not in self.distributions:
                 raise KeyError(f"{metric!r} is not a load metric")
             dist = self.distributions[base]
-            v, n = dist.stat(stat, self.samples.get(base)), dist.count
+            v, n = dist.stat(stat, self.sample_of(base)), dist.count
             if dist.count == 0:
                 return NAN, 0, self.reasons.get(base, f"no {base} samples")
         if math.isnan(v):
@@ -339,8 +390,9 @@ def _meets(r: RequestRecord, objectives: Sequence[RequestObjective]) -> bool:
     }
     for o in objectives:
         got = PER_REQUEST[o.metric](r)
-        # a per-chunk distribution (itl) bounds each request by its largest value
-        value = (max(got) if got else None) if isinstance(got, list) else got
+        # a per-chunk distribution (itl) bounds each request by its largest value (kept by a
+        # slim record, which has no chunk times)
+        value = (max(got) if got else r.itl_max) if isinstance(got, list) else got
         # a request whose value cannot be measured did not demonstrably meet the objective
         if value is None or not ops[o.op](value, o.threshold):
             return False
@@ -357,15 +409,25 @@ def summarize(
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     request_objectives: Sequence[RequestObjective] = (),
     rounds: Sequence[tuple[float, float]] = (),
+    itl: Sequence[GapHistogram] | None = None,
 ) -> Summary:
     """Summarise the measured (non-warmup) records; `window` is (start, end) on time.monotonic().
 
     `rounds`: the measured windows of several rounds whose records are pooled here; a rate is
     then the total over their summed length, and each round's own value is kept for the
     interval (t over rounds). The gaps between rounds count nowhere.
+
+    `itl`: for records that were written out and slimmed as they finished (record_log.py), the
+    chunk gaps of each round's measured successful requests, as histograms; the ITL
+    distribution then comes from them instead of from the records' chunk times.
     """
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
+    if itl is None and any(r.slimmed for r in ok):
+        raise ValueError(
+            "these records were slimmed (their chunk times dropped once written out): pass "
+            "their ITL histograms as summarize(itl=...)"
+        )
     pcts = tuple(sorted({float(p) for p in percentiles}))
     reasons: dict[str, str] = {}
     if not measured:
@@ -379,13 +441,17 @@ def summarize(
     if len(rounds) > 1:
         duration = sum(end - start for start, end in rounds)
 
+    from_records = [n for n in DISTRIBUTIONS if itl is None or n != "itl"]
     samples = {
         name: _sample(PER_REQUEST[name], measured if name in _OVER_EVERY_REQUEST else ok)
-        for name in DISTRIBUTIONS
+        for name in from_records
     }
-    if ok and samples["tpot"].size == 0:
+    histograms = {"itl": GapHistogram.merged(itl)} if itl is not None else {}
+    sizes = {name: int(v.size) for name, v in samples.items()}
+    sizes.update({name: h.n for name, h in histograms.items()})
+    if ok and sizes["tpot"] == 0:
         reasons["tpot"] = "no successful request produced 2 or more output tokens"
-    if ok and samples["ttfat"].size == 0:
+    if ok and sizes["ttfat"] == 0:
         reasons["ttfat"] = "no successful request streamed answer text (reasoning only?)"
     uncounted = sum(1 for r in ok if r.reasoning_tokens is None and r.extra.get("reasoning_text"))
     if uncounted:
@@ -393,15 +459,15 @@ def summarize(
             f"{uncounted} successful requests streamed reasoning that neither usage nor a "
             "tokenizer counted"
         )
-    if ok and samples["answer_tokens"].size == 0:
+    if ok and sizes["answer_tokens"] == 0:
         reasons["answer_tokens"] = "output or reasoning token counts are missing"
-    if ok and samples["itl"].size == 0:
+    if ok and sizes["itl"] == 0:
         reasons["itl"] = "no successful request streamed 2 or more content chunks"
     thirds = _ttft_thirds(ok)
     growth_reason = saturation.growth(*thirds)[1]
     if ok and growth_reason:
         reasons["ttft_growth"] = growth_reason
-    if samples["dispatch_lag"].size == 0:
+    if sizes["dispatch_lag"] == 0:
         reasons["dispatch_lag"] = "closed-loop run: requests have no arrival schedule"
 
     sources = Counter(r.token_source or "unknown" for r in ok)
@@ -448,7 +514,14 @@ def summarize(
         duration_s=duration,
         failures_by_category=dict(failures.most_common()),
         error_examples=examples,
-        distributions={k: Distribution.of(v, pcts) for k, v in samples.items()},
+        distributions={
+            name: (
+                Distribution.of_histogram(histograms[name], pcts)
+                if name in histograms
+                else Distribution.of(samples[name], pcts)
+            )
+            for name in DISTRIBUTIONS
+        },
         output_throughput=out_tp,
         total_token_throughput=total_tp,
         request_throughput=_rate(len(ok), duration, bool(measured)),
@@ -462,10 +535,12 @@ def summarize(
         good=good,
         batches=_batches(window, counted) if len(rounds) <= 1 else {},
         rounds=max(len(rounds), 1),
-        round_samples=_per_round_samples(measured, ok) if len(rounds) > 1 else {},
+        round_samples=_per_round_samples(measured, ok, from_records) if len(rounds) > 1 else {},
         busy_seconds=sum(r.end_at - r.sent_at for r in measured),
         ttft_thirds=thirds,
         round_values=_per_round(rounds, counted) if len(rounds) > 1 else {},
+        histograms=histograms,
+        round_histograms={"itl": tuple(itl)} if itl is not None and len(itl) > 1 else {},
     )
 
 
@@ -495,11 +570,11 @@ def _batches(
 
 
 def _per_round_samples(
-    measured: Sequence[RequestRecord], ok: Sequence[RequestRecord]
+    measured: Sequence[RequestRecord], ok: Sequence[RequestRecord], names: Sequence[str]
 ) -> dict[str, tuple[np.ndarray, ...]]:
     numbers = sorted({r.round for r in measured})
     out = {}
-    for name in DISTRIBUTIONS:
+    for name in names:
         chosen = measured if name in _OVER_EVERY_REQUEST else ok
         out[name] = tuple(
             _sample(PER_REQUEST[name], [r for r in chosen if r.round == n]) for n in numbers

@@ -304,12 +304,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def _open_session(config: pytest.Config, settings: Settings) -> SloSession:
     """The session that runs specs and keeps hand-written runs, opened on first use."""
     from pytest_llmslo.progress_terminal import terminal_progress
-    from pytest_llmslo.report_writer import RunFolder
+    from pytest_llmslo.record_log import RequestLog
+    from pytest_llmslo.report_writer import REQUESTS_NAME, RunFolder, claim_run_dir
     from pytest_llmslo.session import SloSession
 
     # named now, before this session writes anything: what the latest report files were tells,
     # at the end, whether another session wrote into the same folder meanwhile
-    config.stash[_RUN_KEY] = RunFolder.start(settings.report)
+    run = config.stash[_RUN_KEY] = RunFolder.start(settings.report)
     return SloSession(
         settings.report.parent,
         server_url=settings.server_url,
@@ -321,6 +322,9 @@ def _open_session(config: pytest.Config, settings: Settings) -> SloSession:
         allow_mismatch=settings.allow_mismatch,
         recording_baseline=settings.save_baseline is not None and settings.baseline is None,
         progress=terminal_progress(config, settings.progress),
+        # each request is written to the run's folder as it finishes: a long run stays small,
+        # and a session killed midway leaves every finished request on disk
+        request_log=RequestLog(lambda: claim_run_dir(run)[0], REQUESTS_NAME),
     )
 
 
@@ -479,6 +483,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                     run=session.config.stash.get(_RUN_KEY, None),
                     notices=slo.notices,
                     baseline_copy=settings.save_baseline,
+                    request_log=slo.request_log,
                 )
                 session.config.stash[_WRITTEN_KEY] = written
         finally:

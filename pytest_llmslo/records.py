@@ -7,12 +7,14 @@ timing instrument logs with ``time.monotonic_ns()``, so client and server times 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pytest_llmslo.redact import REDACTED, redact_url
 
 TokenSource = Literal["usage", "tokenizer"]
+SLIM_KEY = "slim"  # in `extra` of a record whose chunk times and text were dropped (`slim()`)
 
 
 class ErrorCategory(str, enum.Enum):
@@ -62,10 +64,33 @@ class RequestRecord:
     output_text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     round: int = 1  # which round of the scenario sent it (`verdicts.rounds`), from 1
+    # the largest gap between content chunks, kept by `slim()` when it drops content_times
+    itl_max: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def slimmed(self) -> bool:
+        return self.extra.get(SLIM_KEY) is True
+
+    def slim(self) -> RequestRecord:
+        """This record without what only requests.jsonl needs: the chunk times (their largest
+        gap is kept, for a per-request ITL objective), the text, the response id and the
+        reasoning text (a marker says there was some). A long run keeps this form in memory
+        once the full record is written out (record_log.py)."""
+        gaps = [b - a for a, b in itertools.pairwise(self.content_times)]
+        extra: dict[str, Any] = {SLIM_KEY: True}
+        if self.extra.get("reasoning_text"):
+            extra["reasoning_text"] = "(in requests.jsonl)"
+        return replace(
+            self,
+            content_times=(),
+            output_text="",
+            extra=extra,
+            itl_max=max(gaps) if gaps else None,
+        )
 
     @property
     def answer_tokens(self) -> int | None:

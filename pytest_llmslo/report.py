@@ -22,6 +22,7 @@ from pytest_llmslo.capacity import describe as describe_capacity
 from pytest_llmslo.catalogue import Metric, MetricKind, Producer, select
 from pytest_llmslo.environment import RunInfo
 from pytest_llmslo.intervals import Interval
+from pytest_llmslo.records import RequestRecord
 from pytest_llmslo.redact import (
     REDACTED,
     Secrets,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from pytest_llmslo.records import Endpoint
     from pytest_llmslo.report_plots import PlotLink, Plots
     from pytest_llmslo.result import ScenarioResult
+    from pytest_llmslo.spec import Scenario
 
 # v2: `load` is the load that ran (v1 repeated the spec's), with `spec_load` and `load_notes`;
 # `server_config`, `run.id`, `skipped`, `wall_seconds`, `margin_reason`; credentials redacted;
@@ -117,12 +119,20 @@ def _fenced(text: str) -> list[str]:
 
 def result_secrets(res: ScenarioResult) -> Secrets:
     """Every credential value a scenario's configuration, load and endpoint hold."""
-    secrets = server_secrets(res.server) | load_secrets(res.scenario.load)
-    for load in (res.load, *res.scenario.server_loads.values()):
-        if load is not None:
-            secrets |= load_secrets(load)
-    if res.endpoint is not None:
-        secrets |= endpoint_secrets(res.endpoint)
+    return run_secrets(res.server, res.scenario, res.load, res.endpoint)
+
+
+def run_secrets(
+    server: ServerConfig, scenario: Scenario, load: LoadConfig | None, endpoint: Endpoint | None
+) -> Secrets:
+    """Every credential value a run's server, scenario, load and endpoint hold: what a line
+    about one of its requests must not show (record_log.py writes them as they finish)."""
+    secrets = server_secrets(server) | load_secrets(scenario.load)
+    for each in (load, *scenario.server_loads.values()):
+        if each is not None:
+            secrets |= load_secrets(each)
+    if endpoint is not None:
+        secrets |= endpoint_secrets(endpoint)
     return secrets
 
 
@@ -682,14 +692,43 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
     }
 
 
+# the chunk times are in the line: their largest gap (itl_max, kept by a slim record) is not
+_LINE_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord) if f.name != "itl_max")
+
+
 def request_lines(results: Sequence[ScenarioResult]) -> list[str]:
-    """Per-request JSONL: one line per request with its scenario, server and raw timestamps."""
+    """Per-request JSONL: one line per request with its scenario, server and raw timestamps.
+
+    A slim record (record.slimmed) was written to requests.jsonl when it finished and has
+    none of its chunk times left: it is not written again.
+    """
     lines = []
     for r in results:
         secrets = result_secrets(r)
         for rec, step in request_records(r):
-            row = jsonable(rec)
-            row["error"] = str(rec.error) if rec.error else None
-            row.update(scenario=r.scenario.name, server=r.server.name, **step)
-            lines.append(json.dumps(secrets.scrub_tree(row), ensure_ascii=False, allow_nan=False))
+            if not rec.slimmed:
+                fields = {"scenario": r.scenario.name, "server": r.server.name, **step}
+                lines.append(request_line(rec, secrets, fields))
     return lines
+
+
+def request_line(record: RequestRecord, secrets: Secrets, fields: Mapping[str, Any]) -> str:
+    """One request as a line of requests.jsonl: its raw timestamps and `fields` (scenario,
+    server, capacity step), every secret scrubbed.
+
+    A run writes each line as its request ends, on the event loop that stamps the others: the
+    row is built field by field (a third of the cost of walking it generically), and only a
+    value JSON has no form for takes the generic path.
+    """
+    row: dict[str, Any] = {}
+    for name in _LINE_FIELDS:
+        value = getattr(record, name)
+        row[name] = secrets.scrub(value) if type(value) is str else value
+    row["content_times"] = list(record.content_times)
+    row["error"] = str(record.error) if record.error else None
+    row["extra"] = secrets.scrub_tree(jsonable(record.extra))
+    row.update(secrets.scrub_tree(dict(fields)))
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):  # NaN, or a type json cannot write: made JSON, then written
+        return json.dumps(secrets.scrub_tree(jsonable(row)), ensure_ascii=False, allow_nan=False)

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pytest_llmslo.report import render_markdown, request_lines, results_json
 from pytest_llmslo.report_plots import Plots, draw_plots
 
 if TYPE_CHECKING:
+    from pytest_llmslo.record_log import RequestLog
     from pytest_llmslo.result import ScenarioResult
 
 RUNS_DIR = "runs"
@@ -82,12 +84,18 @@ def write_reports(
     run: RunFolder | None = None,
     notices: Sequence[str] = (),
     baseline_copy: Path | None = None,
+    request_log: RequestLog | None = None,
 ) -> Written:
     """Writes report.md, results.json, requests.jsonl (into the run's folder, then as the latest
     beside `report_path`), results.json once more to `baseline_copy` (--slo-save-baseline) and
-    the GitHub job summary; never raises."""
+    the GitHub job summary; never raises.
+
+    `request_log`: the requests.jsonl the session wrote as requests finished (record_log.py);
+    its folder is the run's, and the requests it does not hold are appended to it.
+    """
     run = run or RunFolder.start(report_path)
-    run_dir, run_id = _claim_run_dir(run)
+    logged = request_log.path if request_log is not None else None
+    run_dir, run_id = (logged.parent, logged.parent.name) if logged else claim_run_dir(run)
     info = _run_info(results)
     markdown_failed: list[str] = []
     written = Written("", warnings=[f"llmslo: {n}" for n in notices])
@@ -112,8 +120,11 @@ def write_reports(
                 allow_nan=False,  # NaN and Infinity are not JSON: the tree holds null instead
             ),
         ),
-        (REQUESTS_NAME, lambda: "".join(line + "\n" for line in request_lines(results))),
     ]
+    if logged is None:
+        files.append(
+            (REQUESTS_NAME, lambda: "".join(line + "\n" for line in request_lines(results)))
+        )
     texts: dict[str, str] = {}
     for name, render in files:
         try:
@@ -126,7 +137,10 @@ def write_reports(
 
     files_of_run: dict[Path, str | bytes] = {run_dir / name: text for name, text in texts.items()}
     files_of_run.update({run_dir / name: png for name, png in plots.files.items()})
-    if _write_all(written, files_of_run):
+    requests_done = (
+        request_log is None or logged is None or _finish_log(written, request_log, results)
+    )
+    if _write_all(written, files_of_run) and requests_done:
         written.messages.append(f"llmslo: this run's reports: {run_dir}")
     other = latest_run_id(report_path)
     if other is not None and other not in (run.latest_at_start, run_id):
@@ -139,7 +153,8 @@ def write_reports(
         report_path.with_name(name): text for name, text in texts.items()
     }
     latest.update({report_path.parent / name: png for name, png in plots.files.items()})
-    if _write_all(written, latest):
+    copied = logged is None or _copy_atomic(written, logged, report_path.with_name(REQUESTS_NAME))
+    if _write_all(written, latest) and copied:
         beside = f"{RESULTS_NAME} and {REQUESTS_NAME}"
         if plots.files:
             beside = f"{RESULTS_NAME}, {REQUESTS_NAME} and {len(plots.files)} plots"
@@ -157,6 +172,43 @@ def write_reports(
         except OSError as exc:
             written.warnings.append(f"llmslo: could not append to $GITHUB_STEP_SUMMARY: {exc}")
     return written
+
+
+def _finish_log(written: Written, log: RequestLog, results: Sequence[ScenarioResult]) -> bool:
+    """Append to the session's requests.jsonl the requests it does not hold yet (a run with no
+    log, or a line that could not be written when it finished), then close it."""
+    try:
+        rest = request_lines(results)
+    except Exception as exc:
+        written.warnings.append(
+            f"llmslo: could not render {REQUESTS_NAME}'s last lines: {type(exc).__name__}: {exc}"
+        )
+        rest = []
+    log.write(rest)
+    log.close()
+    if log.error is not None:
+        written.warnings.append(f"llmslo: {log.path} is incomplete: {log.error}")
+        return False
+    return True
+
+
+def _copy_atomic(written: Written, source: Path, target: Path) -> bool:
+    """A copy through a temporary file (the log may be gigabytes: never read into memory)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        written.warnings.append(f"llmslo: could not write {target}: {exc}")
+        return False
+    return True
 
 
 def _plots(results: Sequence[ScenarioResult]) -> Plots:
@@ -205,7 +257,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise
 
 
-def _claim_run_dir(run: RunFolder) -> tuple[Path, str]:
+def claim_run_dir(run: RunFolder) -> tuple[Path, str]:
     """The run's own folder, created now; a suffix keeps two runs of one second and process
     (pytest run in-process twice) apart."""
     run_id, n = run.run_id, 2

@@ -9,18 +9,22 @@ stop.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pytest_llmslo import load as load_engine
 from pytest_llmslo.catalogue import BY_NAME, Producer
 from pytest_llmslo.client_health import ClientHealth
 from pytest_llmslo.config import LoadConfig, ServerConfig
+from pytest_llmslo.gap_histogram import GapHistogram
 from pytest_llmslo.metrics import RequestObjective, Summary, summarize
 from pytest_llmslo.progress import LoadProgress
+from pytest_llmslo.record_log import RecordSink, RequestLog
 from pytest_llmslo.records import Endpoint, Prompt, RequestRecord
 from pytest_llmslo.redact import scrub_file, server_secrets
+from pytest_llmslo.report import run_secrets
 from pytest_llmslo.result import RoundTrace, ScenarioResult, Started
 from pytest_llmslo.servers import ExternalServer, Server, make_server
 from pytest_llmslo.slo import metric_info
@@ -112,12 +116,16 @@ def run_scenario(
     monitored: MonitoredServer | None = None,
     compared: Callable[[ScenarioResult], ScenarioResult] | None = None,
     progress: LoadProgress | None = None,
+    log: RequestLog | None = None,
+    log_fields: Mapping[str, Any] | None = None,
 ) -> ScenarioResult:
     """Runs `load` with `prompts` against `endpoint` and judges `scenario.objectives`.
 
     `compared` (the session's baseline comparison) judges the relative objectives of every
     pooled result, so that they too can ask for another round. `progress` counts every round's
-    requests as they finish, for the live display (progress.py).
+    requests as they finish, for the live display (progress.py). With `log`, each request is
+    written to it as it finishes (with `log_fields`: scenario, server, capacity step) and only
+    its slim form is kept (record_log.py): memory stays bounded however long the run.
 
     The load runs `verdicts.rounds`' min rounds, then more while some objective is
     inconclusive, up to its max, on the same server; the rounds' records are pooled. Rounds
@@ -132,6 +140,10 @@ def run_scenario(
     rounds: list[load_engine.LoadResult] = []
     traces: list[RoundTrace] = []
     interrupted: str | None = None
+    # per round, the chunk gaps of a logged run (its records keep none)
+    itl: list[GapHistogram] | None = [] if log is not None else None
+    secrets = run_secrets(server, scenario, load, endpoint)
+    fields = dict(log_fields or {"scenario": scenario.name, "server": server.name})
 
     def pooled(telemetry_report: TelemetryReport | None, final: bool) -> ScenarioResult:
         result = _assemble(
@@ -148,11 +160,17 @@ def run_scenario(
             monitored=monitored if final else None,
             interrupted=interrupted,
             telemetry_report=telemetry_report,
+            itl=itl,
         )
         return compared(result) if compared is not None else result
 
     try:
         for number in range(1, most + 1):
+            sink = (
+                RecordSink(log, secrets, fields, round_number=number, counting=count is not None)
+                if log is not None
+                else None
+            )
             run = run_load_any(
                 endpoint,
                 prompts,
@@ -163,8 +181,12 @@ def run_scenario(
                     telemetry.mark_measured_start if telemetry is not None and number == 1 else None
                 ),
                 progress=progress,
+                keep=sink.keep if sink is not None else None,
             )
-            if number > 1:
+            if sink is not None and itl is not None:
+                run = replace(run, records=sink.settle(run.records))
+                itl.append(sink.itl)
+            elif number > 1:
                 run = replace(run, records=[replace(r, round=number) for r in run.records])
             rounds.append(run)
             interrupted = run.interrupted
@@ -227,8 +249,10 @@ def _assemble(
     monitored: MonitoredServer | None,
     interrupted: str | None,
     telemetry_report: TelemetryReport | None,
+    itl: Sequence[GapHistogram] | None,
 ) -> ScenarioResult:
-    """The judged result of the rounds run so far, their records pooled."""
+    """The judged result of the rounds run so far, their records pooled; `itl`: each round's
+    chunk gaps, when its records were logged and slimmed."""
     records = [r for run in rounds for r in run.records]
     error = f"load stopped early: {interrupted}" if interrupted else None
     summary: Summary | None = None
@@ -243,6 +267,7 @@ def _assemble(
             request_objectives=[
                 RequestObjective(o.metric, o.op, o.threshold) for o in scenario.request_slo
             ],
+            itl=itl,
         )
         note = token_note(records, tokenizer, missing_tokens_hint)
         failed_5xx = summary.failures_by_category.get("http_5xx", 0)

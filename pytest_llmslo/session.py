@@ -8,12 +8,13 @@ No pytest here: the plugin asks `SloSession.result(...)` once per objective and 
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import threading
 import traceback
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from pytest_llmslo import interrupts
 from pytest_llmslo.baseline import Baseline, compare, run_fingerprint
@@ -28,6 +29,7 @@ from pytest_llmslo.config import (
 from pytest_llmslo.datasets import DatasetError, load_prompts
 from pytest_llmslo.models import builtin_model_path, is_builtin, resolve_model
 from pytest_llmslo.progress import Progress
+from pytest_llmslo.record_log import RequestLog
 from pytest_llmslo.records import Endpoint, Prompt
 from pytest_llmslo.result import SERVER_PROCESS_METRICS, ScenarioResult, Started
 from pytest_llmslo.runner import MonitoredServer, not_run, run_scenario
@@ -66,8 +68,11 @@ class SloSession:
         allow_mismatch: bool = False,
         recording_baseline: bool = False,
         progress: Progress | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         self.output_dir = output_dir
+        # requests.jsonl, written as requests finish (record_log.py); None: with the reports
+        self.request_log = request_log
         # server starts and loads as they go (--slo-progress); off unless the plugin shows them
         self.progress = progress if progress is not None else Progress()
         self._log_dir: Path | None = None
@@ -168,8 +173,11 @@ class SloSession:
                 state.monitored.stop()
 
     def close(self) -> None:
-        """Stops every server still running; safe to call more than once."""
+        """Stops every server still running and closes the request log; safe to call more than
+        once."""
         self.progress.close()
+        if self.request_log is not None:
+            self.request_log.close()
         with interrupts.shielded():  # a signal now is raised once every server is stopped
             while self._servers:
                 _, state = self._servers.popitem()
@@ -393,10 +401,14 @@ class SloSession:
                 return not_run_because(error=error)
             load, notes = effective_load(scenario, cfg.name, self.request_limit, len(prompts))
             live, server = endpoint, cfg  # as they are now, for the runs below
+            steps = itertools.count(1)  # a capacity search's steps, in the order they run
 
             def run_once(
                 step: Scenario, step_load: LoadConfig, step_notes: tuple[str, ...]
             ) -> ScenarioResult:
+                line: dict[str, Any] = {"scenario": scenario.name, "server": server.name}
+                if scenario.capacity is not None:
+                    line["capacity_step"] = next(steps)
                 return run_scenario(
                     step,
                     server,
@@ -416,6 +428,8 @@ class SloSession:
                     monitored=state.monitored,
                     compared=self.compared,
                     progress=counters,
+                    log=self.request_log,
+                    log_fields=line,
                 )
 
             # one set of counters for the scenario on this server: rounds and capacity steps add up

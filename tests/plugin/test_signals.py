@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llmslo import record_log
 from pytest_llmslo.servers.process import ProcessInfo, process_tree, still_running
 from pytest_llmslo.testing.timing_server import serve_timing_server
 
@@ -164,6 +165,27 @@ def test_a_stop_signal_keeps_the_measurements_writes_every_report_and_leaves_no_
     assert scenario["scenario"] == "endless" and scenario["interrupted"] == sig.name
     assert scenario["summary"]["succeeded"] > 0
     assert len(requests) >= scenario["summary"]["succeeded"]
+    assert_all_gone(tree)
+
+
+def test_a_killed_session_leaves_every_finished_request_on_disk(run: Callable[..., Run]) -> None:
+    """SIGKILL leaves no chance to write a report: requests.jsonl, written as requests finish,
+    holds what was served until a second before; the watchdog and the telemetry process see
+    their parent gone and leave nothing running."""
+    started = run()
+    tree = started.wait_for_load()
+    served = len((started.path / "served.jsonl").read_text().splitlines())
+    time.sleep(2 * record_log.FLUSH_S + 0.5)  # every request served by then is flushed
+    started.proc.kill()
+    started.proc.communicate(timeout=30)
+    [log] = (started.results / "runs").glob("*/requests.jsonl")
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) >= served > 0 and {r["scenario"] for r in rows} == {"endless"}
+    assert len({r["index"] for r in rows}) == len(rows)  # each request once
+    assert not (started.results / "report.md").exists()  # no report: the data survived alone
+    deadline = time.monotonic() + 30  # the watchdog polls its parent; the server stops in turn
+    while any(still_running(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert_all_gone(tree)
 
 

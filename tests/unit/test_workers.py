@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 
 import pytest
 
+from pytest_llmslo import child_process, interrupts, workers
+from pytest_llmslo.child_process import Child
 from pytest_llmslo.config import LoadConfig
+from pytest_llmslo.progress import LoadProgress
 from pytest_llmslo.records import Endpoint, ErrorCategory, Prompt, RequestRecord
 from pytest_llmslo.testing.timing_server import TimingServerProcess, serve_timing_server
 from pytest_llmslo.workers import (
@@ -74,6 +80,37 @@ def prompts() -> list[Prompt]:
     return [Prompt(index=i, text=f"prompt {i}") for i in range(5)]
 
 
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Child]:
+    """Every worker process the test starts (the real ones, seen on their way out of
+    start_child), to check afterwards that none is left."""
+    children: list[Child] = []
+
+    def start_and_note(module: str) -> tuple[Child, Connection]:
+        child, conn = child_process.start_child(module)
+        children.append(child)
+        return child, conn
+
+    monkeypatch.setattr(workers, "start_child", start_and_note)
+    return children
+
+
+def assert_all_reaped(children: list[Child]) -> None:
+    assert children, "no worker was started"
+    for child in children:
+        assert child.exitcode is not None  # reaped: Popen collected its status
+        with pytest.raises(ProcessLookupError):
+            os.kill(child.pid, 0)
+
+
+@pytest.fixture
+def clean_interrupts() -> Iterator[None]:
+    """Signals a test sends itself are forgotten after it (the count decides what a second does)."""
+    interrupts.reset()
+    yield
+    interrupts.reset()
+
+
 def test_a_spread_load_merges_into_one_record_set_with_one_window(
     instrument: TimingServerProcess,
 ) -> None:
@@ -84,7 +121,9 @@ def test_a_spread_load_merges_into_one_record_set_with_one_window(
         endpoint, prompts(), config, on_measured_start=lambda: started.append(time.monotonic())
     )
     assert result.interrupted is None and len(result.records) == 42
-    assert [r.index for r in result.records] == list(range(42))
+    # in order of sending; indexed in the order the parent received them
+    assert [r.sent_at for r in result.records] == sorted(r.sent_at for r in result.records)
+    assert sorted(r.index for r in result.records) == list(range(42))
     assert sum(r.warmup for r in result.records) == 2
     assert all(r.ok for r in result.records)
     # prompt indices are the dataset's, each worker starting its own way into the list
@@ -100,7 +139,7 @@ def test_a_spread_load_merges_into_one_record_set_with_one_window(
 
 
 def test_a_stop_reaches_every_worker_and_their_records_are_kept(
-    instrument: TimingServerProcess,
+    instrument: TimingServerProcess, started: list[Child]
 ) -> None:
     endpoint = Endpoint(instrument.base_url, "timing-model", "vllm")
     # a long load (200 tokens of 5 ms a request) stopped after a second
@@ -116,7 +155,7 @@ def test_a_stop_reaches_every_worker_and_their_records_are_kept(
     assert result.interrupted == "the server process exited"
     assert 0 < len(result.records) < 400
     assert time.monotonic() - deadline < 10
-    assert multiprocessing.active_children() == []  # every worker joined
+    assert_all_reaped(started)
 
 
 def test_a_workers_prompt_positions_map_back_to_the_datasets() -> None:
@@ -125,6 +164,71 @@ def test_a_workers_prompt_positions_map_back_to_the_datasets() -> None:
     dataset = prompts()
     for worker in range(3):
         own, offset = _rotated(dataset, worker, 3)
-        # what _merge does to a record's prompt_index: the prompt it names is the one sent
+        # what the parent does to a record's prompt_index: the prompt it names is the one sent
         assert all(own[p].index == (p + offset) % len(dataset) for p in range(len(own)))
     assert [_rotated(dataset, w, 3)[1] for w in range(3)] == [0, 1, 3]
+
+
+def test_records_stream_in_while_the_workers_run_and_keep_stores_what_it_returns(
+    instrument: TimingServerProcess,
+) -> None:
+    endpoint = Endpoint(instrument.base_url, "timing-model", "vllm")
+    # about 2 s of load: 4 users, 40 requests of 20 ms + 40 x 5 ms
+    config = LoadConfig(parallel=4, requests=40, warmup=2, max_tokens=40, workers=2)
+    progress = LoadProgress("spread")
+    seen: list[tuple[float, int, int]] = []  # (when, index, measured requests counted by then)
+
+    def keep(record: RequestRecord) -> RequestRecord:
+        seen.append((time.monotonic(), record.index, progress.done))
+        return record.slim()
+
+    result = run_load_any(endpoint, prompts(), config, progress=progress, keep=keep)
+    assert result.interrupted is None and len(result.records) == 42
+    # keep saw every record once, in the order of arrival, counted before it was kept
+    assert [index for _, index, _ in seen] == list(range(42))
+    assert sorted(r.index for r in result.records) == list(range(42))
+    # the first batch arrived while the load had a good part still to run
+    last_end = max(r.end_at for r in result.records)
+    assert seen[0][0] < last_end - 0.3
+    assert any(counted > 0 for when, _, counted in seen if when < last_end - 0.3)
+    # what the run stores is what keep returned
+    assert all(r.slimmed and r.content_times == () for r in result.records)
+    assert all(r.itl_max is not None for r in result.records if not r.warmup)
+    assert (progress.done, progress.warmup_done, progress.total) == (40, 2, 40)
+    assert progress.phase == "measured"
+
+
+@pytest.mark.usefixtures("clean_interrupts")
+def test_a_signal_stops_every_worker_keeps_the_records_and_leaves_no_process(
+    instrument: TimingServerProcess, started: list[Child]
+) -> None:
+    endpoint = Endpoint(instrument.base_url, "timing-model", "vllm")
+    config = LoadConfig(parallel=4, requests=400, max_tokens=200)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result = run_load_spread(endpoint, prompts(), config, 2)
+    finally:
+        timer.cancel()
+    assert result.interrupted == "SIGTERM"
+    assert any(r.ok for r in result.records)
+    assert 0 < len(result.records) < 400
+    assert len(started) == 2
+    assert_all_reaped(started)
+
+
+def test_a_worker_killed_mid_run_is_the_reason_and_the_others_records_are_kept(
+    instrument: TimingServerProcess, started: list[Child]
+) -> None:
+    endpoint = Endpoint(instrument.base_url, "timing-model", "vllm")
+    config = LoadConfig(parallel=4, requests=400, max_tokens=50)
+
+    def kill_worker_1(record: RequestRecord) -> RequestRecord:
+        if record.index == 0:  # the first batch is in: the load runs
+            os.kill(started[1].pid, signal.SIGKILL)
+        return record
+
+    result = run_load_spread(endpoint, prompts(), config, 2, keep=kill_worker_1)
+    assert result.interrupted == "client worker 1 exited before it finished (killed by SIGKILL)"
+    assert 0 < len(result.records) < 400
+    assert_all_reaped(started)
