@@ -26,9 +26,6 @@ import contextlib
 import itertools
 import pickle
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +33,7 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from pytest_llmslo.child_process import Child, ignore_group_signals, start_child
 from pytest_llmslo.telemetry import analysis
 from pytest_llmslo.telemetry.analysis import LoadWindow, Samples, TelemetryReport
 
@@ -48,8 +46,6 @@ CALL_MARGIN_S = 10.0
 THREAD_JOIN_S = 5.0
 # After stop's answer (or its timeout), how long the child gets to exit before it is killed.
 EXIT_WAIT_S = 5.0
-# The signals a terminal sends to its whole process group: the parent decides when to stop.
-_GROUP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 # What the child answers; anything else is a programming error, raised back in the parent.
 _METHODS = frozenset(
     {
@@ -146,7 +142,7 @@ class TelemetryProcess:
             # the child reads the list the parent last sent: cheap, so at every tick
             "pids_refresh_s": 0.0,
         }
-        self._process: Any = None  # a SpawnProcess once started
+        self._process: Child | None = None  # once started
         self._conn: Connection | None = None
         self._ids = itertools.count()
         self._call_lock = threading.Lock()  # one call and its answer at a time
@@ -316,26 +312,11 @@ class TelemetryProcess:
     # -- the pipe ----------------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        # A fresh interpreter, not a fork (this process runs threads whose locks a forked child
-        # would inherit held) and not multiprocessing's spawn: that imports the `__main__`
-        # script again in the child (running an unguarded script's top level twice) and starts
-        # a resource-tracker process that outlives a signalled run by a moment. One socket pair
-        # carries the calls; when this process exits, the child reads EOF and stops.
-        ours, theirs = socket.socketpair()
-        try:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "pytest_llmslo.telemetry.child", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()  # the child's end lives in the child only: its exit reads as EOF
-        conn = Connection(ours.detach())
+        # a fresh interpreter on a socket pair (child_process.py says why); when this process
+        # exits, the child reads EOF and stops
+        self._process, conn = start_child("pytest_llmslo.telemetry.child")
+        self._conn = conn
         conn.send(self._options)
-        self._process, self._conn = _Child(popen), conn
 
     def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """The child's answer to one call; raises ``_Exited`` when it cannot answer."""
@@ -458,40 +439,12 @@ class TelemetryProcess:
         )
 
 
-class _Child:
-    """The child process as the parent waits for it, stops it and reads its status."""
-
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
-
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._popen.poll()  # negative: the signal that ended it
-
-    def is_alive(self) -> bool:
-        return self._popen.poll() is None
-
-    def join(self, timeout: float) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._popen.wait(timeout)
-
-    def kill(self) -> None:
-        if self.is_alive():
-            self._popen.kill()  # by its PID, which Popen holds
-
-
 # --- the child --------------------------------------------------------------------------------
 
 
 def serve(conn: Connection, options: dict[str, Any]) -> None:
     """The child's loop: a ``Telemetry`` answering calls until stop() or the parent is gone."""
-    for name in _GROUP_SIGNALS:  # a terminal's Ctrl-C reaches the whole group; the parent decides
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    ignore_group_signals()
     from pytest_llmslo.telemetry.sampler import Telemetry
 
     tree: list[int] = []

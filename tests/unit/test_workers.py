@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -204,14 +203,18 @@ def test_a_signal_stops_every_worker_keeps_the_records_and_leaves_no_process(
 ) -> None:
     endpoint = Endpoint(instrument.base_url, "timing-model", "vllm")
     config = LoadConfig(parallel=4, requests=400, max_tokens=200)
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        result = run_load_spread(endpoint, prompts(), config, 2)
-    finally:
-        timer.cancel()
+    signalled: list[int] = []
+
+    def terminate_once_answered(record: RequestRecord) -> RequestRecord:
+        # once a request came back (however slowly the workers started on a busy host)
+        if record.ok and not signalled:
+            signalled.append(record.index)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+
+    result = run_load_spread(endpoint, prompts(), config, 2, keep=terminate_once_answered)
     assert result.interrupted == "SIGTERM"
-    assert any(r.ok for r in result.records)
+    assert signalled and signalled[0] in {r.index for r in result.records}
     assert 0 < len(result.records) < 400
     assert len(started) == 2
     assert_all_reaped(started)
