@@ -8,7 +8,6 @@ with a reason, never 0: a gate must not pass on "no data".
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import re
@@ -492,14 +491,20 @@ def summarize(
     if not request_objectives:
         reasons["goodput"] = reasons["goodput_ratio"] = "no per-request objectives are set"
     failures = Counter(str(r.error) for r in measured if not r.ok)
-    # what each window rate counts, and when it was counted (a request's end)
-    counted: dict[str, list[tuple[float, float | None]]] = {
-        "output_throughput": [(r.end_at, r.output_tokens) for r in ok],
-        "total_token_throughput": [
-            (r.end_at, _sum_or_none(r.input_tokens, r.output_tokens)) for r in ok
-        ],
-        "request_throughput": [(r.end_at, 1) for r in ok],
-        "goodput": [(r.end_at, 1) for r in good_requests] if request_objectives else [],
+    # what each window rate counts, and when it was counted (a request's end); as arrays: an
+    # hour-long run has hundreds of thousands of requests
+    ends = np.array([r.end_at for r in ok], dtype=float)
+    counted: dict[str, Counted] = {
+        "output_throughput": _amounts(ends, out_tokens),
+        "total_token_throughput": _amounts(
+            ends, [_sum_or_none(r.input_tokens, r.output_tokens) for r in ok]
+        ),
+        "request_throughput": (ends, np.ones(ends.size)) if ok else None,
+        "goodput": (
+            (np.array([r.end_at for r in good_requests], dtype=float), np.ones(good))
+            if request_objectives and good_requests
+            else None
+        ),
     }
     examples: dict[str, str] = {}
     for r in measured:
@@ -548,8 +553,18 @@ def _sum_or_none(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a + b
 
 
+# a window rate's amounts (tokens or requests) and when each was counted; None: not countable
+Counted = tuple[np.ndarray, np.ndarray] | None
+
+
+def _amounts(ends: np.ndarray, amounts: Sequence[float | None]) -> Counted:
+    if not amounts or any(a is None for a in amounts):
+        return None
+    return ends, np.array(amounts, dtype=float)
+
+
 def _batches(
-    window: tuple[float, float] | None, counted: dict[str, list[tuple[float, float | None]]]
+    window: tuple[float, float] | None, counted: dict[str, Counted]
 ) -> dict[str, tuple[float, ...]]:
     """Per rate: the amount counted in each of BATCHES equal slices of the window, each divided
     by the slice's length. A request counts in the slice it ended in (its tokens arrive over
@@ -559,13 +574,12 @@ def _batches(
     start, length = window[0], (window[1] - window[0]) / BATCHES
     out: dict[str, tuple[float, ...]] = {}
     for name, items in counted.items():
-        if not items or any(amount is None for _, amount in items):
+        if items is None:
             continue
-        slices = [0.0] * BATCHES
-        for end, amount in items:
-            i = min(max(int((end - start) / length), 0), BATCHES - 1)
-            slices[i] += float(amount or 0)
-        out[name] = tuple(v / length for v in slices)
+        ends, amounts = items
+        slices = np.clip(np.floor((ends - start) / length), 0, BATCHES - 1).astype(np.int64)
+        totals = np.bincount(slices, weights=amounts, minlength=BATCHES)
+        out[name] = tuple(float(v) / length for v in totals)
     return out
 
 
@@ -588,21 +602,20 @@ def _ttft_thirds(ok: Sequence[RequestRecord]) -> tuple[tuple[float, ...], tuple[
 
 
 def _per_round(
-    rounds: Sequence[tuple[float, float]], counted: dict[str, list[tuple[float, float | None]]]
+    rounds: Sequence[tuple[float, float]], counted: dict[str, Counted]
 ) -> dict[str, tuple[float, ...]]:
     """Per rate: its value in each round's window. Rounds run one after another, so a request
     belongs to the last round that started before it ended."""
-    starts = [start for start, _ in rounds]
+    starts = np.array([start for start, _ in rounds], dtype=float)
     out: dict[str, tuple[float, ...]] = {}
     for name, items in counted.items():
-        if not items or any(amount is None for _, amount in items):
+        if items is None:
             continue
-        totals = [0.0] * len(rounds)
-        for end, amount in items:
-            i = max(bisect.bisect_right(starts, end) - 1, 0)
-            totals[i] += float(amount or 0)
+        ends, amounts = items
+        which = np.maximum(np.searchsorted(starts, ends, side="right") - 1, 0)
+        totals = np.bincount(which, weights=amounts, minlength=len(rounds))
         out[name] = tuple(
-            _rate(total, end - start, True)
+            _rate(float(total), end - start, True)
             for total, (start, end) in zip(totals, rounds, strict=True)
         )
     return out

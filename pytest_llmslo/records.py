@@ -15,6 +15,10 @@ from pytest_llmslo.redact import REDACTED, redact_url
 
 TokenSource = Literal["usage", "tokenizer"]
 SLIM_KEY = "slim"  # in `extra` of a record whose chunk times and text were dropped (`slim()`)
+# The `extra` of every slim record: one dict shared by all (a dict each would cost more than the
+# rest of a slim record); records are frozen, and nothing writes to a record's `extra`.
+_SLIM: dict[str, Any] = {SLIM_KEY: True}
+_SLIM_REASONED: dict[str, Any] = {SLIM_KEY: True, "reasoning_text": "(in requests.jsonl)"}
 
 
 class ErrorCategory(str, enum.Enum):
@@ -81,14 +85,11 @@ class RequestRecord:
         reasoning text (a marker says there was some). A long run keeps this form in memory
         once the full record is written out (record_log.py)."""
         gaps = [b - a for a, b in itertools.pairwise(self.content_times)]
-        extra: dict[str, Any] = {SLIM_KEY: True}
-        if self.extra.get("reasoning_text"):
-            extra["reasoning_text"] = "(in requests.jsonl)"
         return replace(
             self,
             content_times=(),
             output_text="",
-            extra=extra,
+            extra=_SLIM_REASONED if self.extra.get("reasoning_text") else _SLIM,
             itl_max=max(gaps) if gaps else None,
         )
 
