@@ -10,7 +10,7 @@ core only). This bench runs the same load in both placements, alternately, each 
 - the server: the timing instrument started as the plugin starts vLLM (a `ServerFactory`, its
   own process group, log file, readiness check, telemetry from before its start), streaming
   20 content chunks per request, the first 200 ms after the request arrived, then 20 ms apart.
-  The instrument has no /metrics; this one answers it with the recorded vLLM page of the unit
+  With `--metrics-file` the instrument answers /metrics with the recorded vLLM page of the unit
   tests (27 KB), so every scrape is fetched and parsed as a vLLM one is;
 - the load: `run_workload` with `--streams` closed-loop users (64), one warmup request each,
   then enough requests for about `--seconds` (10) of load;
@@ -30,10 +30,8 @@ load average before and after says how busy the machine was.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -62,7 +60,6 @@ from pytest_llmslo.records import Endpoint, Prompt  # noqa: E402
 from pytest_llmslo.servers import process  # noqa: E402
 from pytest_llmslo.servers.vllm import VLLMServer  # noqa: E402
 from pytest_llmslo.telemetry.process import TelemetryProcess  # noqa: E402
-from pytest_llmslo.testing.timing_server import Timing, TimingServer, _send  # noqa: E402
 
 # `runner.TELEMETRY_PROCESS` for each placement, in the table's order
 PLACEMENTS = {"in-process": False, "own process": True}
@@ -119,41 +116,23 @@ def main(argv: list[str] | None = None) -> int:
 # -- the server ------------------------------------------------------------------------------
 
 
-class InstrumentWithMetrics(TimingServer):
-    """The timing instrument, answering /metrics with a recorded vLLM page as vLLM would."""
-
-    def __init__(self, timing: Timing, page: bytes) -> None:
-        super().__init__(timing)
-        self.page = page
-
-    async def _dispatch(
-        self,
-        writer: asyncio.StreamWriter,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        raw: bytes,
-        received_ns: int,
-    ) -> bool:
-        if method == "GET" and path.split("?", 1)[0] == "/metrics":
-            return await _send(writer, 200, self.page, "text/plain; version=0.0.4")
-        return await super()._dispatch(writer, method, path, headers, raw, received_ns)
-
-
-def serve_instrument(port: int) -> None:
-    """The server process's code: the instrument with /metrics on `port` until SIGTERM."""
-    server = InstrumentWithMetrics(Timing(TTFT_MS, GAP_MS, TOKENS), METRICS_PAGE.read_bytes())
-    # its log is read over /log before the stop: nothing is lost by leaving at once
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    asyncio.run(server.serve("127.0.0.1", port, sys.stdout))
-
-
 def _instrument_command(self: VLLMServer, port: int) -> list[str]:
-    code = (
-        f"import sys; sys.path.insert(0, {str(BENCH)!r}); "
-        f"from telemetry_placement import serve_instrument; serve_instrument({port})"
-    )
-    return [sys.executable, "-c", code]
+    """The instrument, answering /metrics with a recorded vLLM page as vLLM would."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest_llmslo.testing.timing_server",
+        "--port",
+        str(port),
+        "--ttft-ms",
+        str(TTFT_MS),
+        "--gap-ms",
+        str(GAP_MS),
+        "--tokens",
+        str(TOKENS),
+        "--metrics-file",
+        str(METRICS_PAGE),
+    ]
 
 
 @contextmanager

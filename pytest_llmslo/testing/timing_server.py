@@ -100,8 +100,12 @@ class TimingServer:
         *,
         id_prefix: str = "",
         memory_log: bool = True,
+        metrics_page: bytes | None = None,
     ) -> None:
         self.timing = timing
+        # a Prometheus text page to answer GET /metrics with (a recorded vLLM one, say), so
+        # that telemetry scrapes it as it would vLLM's; None: /metrics is not served
+        self.metrics_page = metrics_page
         self.log: list[dict[str, Any]] = []
         # False in a process of several: its /log would hold a part of the requests only
         self.memory_log = memory_log
@@ -169,6 +173,8 @@ class TimingServer:
         route = path.split("?", 1)[0]
         if method == "GET" and route == "/health":
             return await _send(writer, 200, b"ok", "text/plain")
+        if method == "GET" and route == "/metrics" and self.metrics_page is not None:
+            return await _send(writer, 200, self.metrics_page, "text/plain; version=0.0.4")
         if method == "GET" and route == "/v1/models":
             models = {"object": "list", "data": [{"id": self.timing.model, "object": "model"}]}
             return await _send(writer, 200, json.dumps(models).encode())
@@ -561,11 +567,13 @@ def serve_timing_server(
     tls_key: str | None = None,
     startup_timeout: float = 30.0,
     processes: int = 1,
+    metrics_file: str | None = None,
 ) -> Iterator[TimingServerProcess]:
     """Start the instrument in its own process group, wait until it answers, stop it after.
 
     `processes` > 1 serves the port from that many processes (see the module's docstring),
-    their request log in a temporary file that `fetch_log` reads.
+    their request log in a temporary file that `fetch_log` reads. `metrics_file`: a Prometheus
+    text page to answer GET /metrics with.
     """
     command = [
         sys.executable,
@@ -590,6 +598,8 @@ def serve_timing_server(
         command += ["--cpu", str(cpu)]
     if tls_cert is not None:
         command += ["--tls-cert", tls_cert] + (["--tls-key", tls_key] if tls_key else [])
+    if metrics_file is not None:
+        command += ["--metrics-file", metrics_file]
     request_log = None
     if processes > 1:
         with tempfile.NamedTemporaryFile(
@@ -684,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
         help="added to a request's TTFT for each other request open when it arrives",
     )
     parser.add_argument("--log", help="append one JSON line per request to this file")
+    parser.add_argument("--metrics-file", help="answer GET /metrics with this file's text")
     parser.add_argument("--cpu", type=int, help="pin the server to this CPU core")
     parser.add_argument("--tls-cert", help="serve https with this PEM certificate (chain)")
     parser.add_argument("--tls-key", help="its private key, if not in the certificate file")
@@ -710,6 +721,7 @@ def main(argv: list[str] | None = None) -> None:
         args.log,
         id_prefix="" if index is None else f"p{index}-",
         memory_log=index is None,
+        metrics_page=_read_page(parser, args.metrics_file),
     )
     tls = None
     if args.tls_cert:
@@ -721,6 +733,15 @@ def main(argv: list[str] | None = None) -> None:
     serving = server.serve(args.host, args.port, sys.stdout, tls, reuse_port=index is not None)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serving if index is None else _serve_supervised(serving))
+
+
+def _read_page(parser: argparse.ArgumentParser, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        parser.error(f"--metrics-file: cannot read {path}: {exc.strerror or exc}")
 
 
 # -- several processes on one port ----------------------------------------------------------
@@ -795,6 +816,8 @@ def _serving_command(args: argparse.Namespace, port: int, index: int) -> list[st
     command += ["--serving-index", str(index)]
     if args.log:
         command += ["--log", args.log]
+    if args.metrics_file:
+        command += ["--metrics-file", args.metrics_file]
     if args.tls_cert:
         command += ["--tls-cert", args.tls_cert]
     if args.tls_key:

@@ -76,3 +76,16 @@ def test_a_serving_process_that_dies_takes_the_others_down_with_the_supervisor()
         os.kill(first, signal.SIGKILL)
         assert wait_for(lambda: not alive(server.pid) and not alive(second))
         assert "serving process" in Path(server.log_path).read_text()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_metrics_file_is_served_at_metrics_by_every_process(processes: int) -> None:
+    page = Path(__file__).parent / "data" / "vllm_metrics.txt"
+    with serve_timing_server(tokens=2, processes=processes, metrics_file=str(page)) as server:
+        for _ in range(6):  # new connections: the kernel spreads them over the processes
+            with urllib.request.urlopen(f"{server.base_url}/metrics", timeout=10) as answer:
+                assert answer.read() == page.read_bytes()
+    with serve_timing_server(tokens=2) as bare, pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{bare.base_url}/metrics", timeout=10)
+    missing.value.close()
+    assert missing.value.code == 404  # an instrument without a page has no /metrics, as HF
